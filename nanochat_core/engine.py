@@ -1,0 +1,119 @@
+"""Batched generation over the mixed KV/SSM cache, with a search-tool hook.
+
+Prompts of different lengths are left-padded and prefilled in one forward pass; decoding
+then feeds one token per row per step. The tool hook works like nanochat's calculator:
+when a row closes a search call (<|search_end|>), the query text between the search
+markers goes to `tool(query) -> list[int]`, and the returned tokens (a documents block) are
+forced into that row one by one, with mask 0 because the model did not produce them.
+"""
+from collections import deque
+
+import torch
+
+from nanochat_core.model.cache import InferenceCache
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """logits: (B, V) -> (B,) token ids. temperature 0 is greedy (deterministic)."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, tool=None, max_tool_calls=None):
+        self.model, self.tokenizer, self.tool = model, tokenizer, tool
+        self.max_tool_calls = max_tool_calls  # e.g. REFRAG's max_hops; None = unlimited
+        if tool is not None:
+            if tokenizer is None:
+                raise ValueError("Engine(tool=...) needs the tokenizer to find the search-call tokens")
+            self.search_start = tokenizer.encode_special("<|search_start|>")
+            self.search_end = tokenizer.encode_special("<|search_end|>")
+
+    @torch.no_grad()
+    def generate(self, prompts, max_tokens, temperature=0.0, top_k=None, seed=0, stop_tokens=()):
+        """Stream one step at a time: yields (tokens, masks), lists of length B with this
+        step's token and mask for every row (rows already stopped repeat their stop token with
+        mask 0). Stops when every row has emitted a stop token or after max_tokens steps
+        (forced tool tokens count towards max_tokens)."""
+        model = self.model
+        device = next(model.parameters()).device
+        B = len(prompts)
+        if B == 0 or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token (start it with <|bos|>)")
+        P = max(len(p) for p in prompts)
+        idx = torch.zeros(B, P, dtype=torch.long, device=device)
+        valid = torch.zeros(B, P, dtype=torch.bool, device=device)
+        for b, p in enumerate(prompts):
+            idx[b, P - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+            valid[b, P - len(p):] = True
+        cache = InferenceCache(model, B, P + max_tokens)
+        cache.offset = (P - valid.sum(1)).to(device)
+        logits = model(idx, valid=valid, cache=cache)[:, -1]
+        gen = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+        stop = set(stop_tokens)
+        forced = [deque() for _ in range(B)]
+        history = [list(p) for p in prompts]  # for reading back search queries
+        calls = [0] * B
+        done = [False] * B
+        last = [0] * B
+        for _ in range(max_tokens):
+            sampled = sample_next(logits, temperature, top_k, gen).tolist()
+            tokens, masks = [], []
+            for b in range(B):
+                if done[b]:
+                    tokens.append(last[b])
+                    masks.append(0)
+                    continue
+                if forced[b]:
+                    tok, m = forced[b].popleft(), 0
+                else:
+                    tok, m = sampled[b], 1
+                tokens.append(tok)
+                masks.append(m)
+                history[b].append(tok)
+                last[b] = tok
+                if m == 1 and tok in stop:
+                    done[b] = True
+                elif m == 1 and self.tool is not None and tok == self.search_end:
+                    forced[b].extend(self._call_tool(history[b], calls[b]))
+                    calls[b] += 1
+            yield tokens, masks
+            if all(done):
+                return
+            logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]
+
+    def _call_tool(self, history, n_calls):
+        # The query is whatever the model wrote since its last <|search_start|>.
+        try:
+            start = len(history) - 1 - history[::-1].index(self.search_start)
+            query = self.tokenizer.decode(history[start + 1:-1])
+        except ValueError:
+            query = ""  # a search_end without a start: search for nothing rather than crash
+        if self.max_tool_calls is not None and n_calls >= self.max_tool_calls:
+            return list(self.tool(None))  # the tool decides what "no more searches" looks like
+        return list(self.tool(query))
+
+    def generate_batch(self, prompts, max_tokens, **kw):
+        """Run to completion. Returns (tokens, masks) per row, without the prompt and without
+        the final stop token."""
+        stop = set(kw.get("stop_tokens", ()))
+        B = len(prompts)
+        out = [[] for _ in range(B)]
+        masks = [[] for _ in range(B)]
+        finished = [False] * B
+        for tokens, ms in self.generate(prompts, max_tokens, **kw):
+            for b in range(B):
+                if finished[b]:
+                    continue
+                if ms[b] == 1 and tokens[b] in stop:
+                    finished[b] = True
+                    continue
+                out[b].append(tokens[b])
+                masks[b].append(ms[b])
+        return out, masks

@@ -1,0 +1,195 @@
+"""The hybrid GPT: each layer is a mixer (attention "T" or Mamba "M") plus a ReLU^2 MLP,
+with pre-norm residuals. A pure-"T" pattern is plain nanochat: RoPE, QK-norm, untied
+embeddings, parameter-free RMSNorm, no biases, GQA and a logit softcap.
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat_core.model.attention import CausalSelfAttention, norm, rotary_cos_sin
+from nanochat_core.model.mamba import Mamba1, Mamba2
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 256
+    vocab_size: int = 2048
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_kv_head: int = 4
+    block_pattern: str = ""  # one char per layer, "T" or "M"; empty means all attention
+    mlp_ratio: int = 4
+    softcap: float = 15.0
+    ssm: str = "mamba2"  # "mamba1" | "mamba2"
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: str | int = "auto"  # mamba1
+    headdim: int = 32  # mamba2
+    ngroups: int = 1  # mamba2
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        if not self.block_pattern:
+            self.block_pattern = "T" * self.n_layer
+        self.validate()
+
+    def validate(self):
+        bad = set(self.block_pattern) - {"T", "M"}
+        if bad:
+            raise ValueError(f"model.block_pattern {self.block_pattern!r} has invalid characters {sorted(bad)}; "
+                             "use only 'T' (attention) and 'M' (Mamba), e.g. 'TTMM'")
+        if len(self.block_pattern) != self.n_layer:
+            raise ValueError(f"model.block_pattern {self.block_pattern!r} has {len(self.block_pattern)} layers "
+                             f"but model.n_layer is {self.n_layer}; make them match")
+        if self.ssm not in ("mamba1", "mamba2"):
+            raise ValueError(f"model.ssm must be 'mamba1' or 'mamba2', got {self.ssm!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head} (GQA)")
+        if "M" in self.block_pattern and self.ssm == "mamba2":
+            d_inner = self.expand * self.n_embd
+            if d_inner % self.headdim or (d_inner // self.headdim) % self.ngroups:
+                raise ValueError(f"mamba2 needs expand*n_embd={d_inner} divisible by model.headdim={self.headdim} "
+                                 f"and the head count by model.ngroups={self.ngroups}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.kind = config.block_pattern[layer_idx]
+        if self.kind == "T":
+            self.mixer = CausalSelfAttention(config, layer_idx)
+        elif config.ssm == "mamba1":
+            self.mixer = Mamba1(config.n_embd, config.d_state, config.d_conv, config.expand, config.dt_rank,
+                                config.chunk_size, layer_idx)
+        else:
+            self.mixer = Mamba2(config.n_embd, config.d_state, config.d_conv, config.expand, config.headdim,
+                                config.ngroups, config.chunk_size, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos_sin, valid, cache):
+        if self.kind == "T":
+            x = x + self.mixer(norm(x), cos_sin, valid, cache)
+        else:
+            state = cache.layers[self.mixer.layer_idx] if cache is not None else None
+            x = x + self.mixer(norm(x), valid, state)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(config.vocab_size, config.n_embd),
+            "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+        })
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        # nanochat's scheme: embeddings N(0, 1), a near-zero lm_head, and every residual
+        # branch's output projection at zero so each layer starts as the identity.
+        nn.init.normal_(self.transformer.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and m is not self.lm_head and not name.endswith("dt_proj"):
+                if name.endswith("c_proj") or name.endswith("out_proj"):
+                    nn.init.zeros_(m.weight)
+                else:
+                    nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean"):
+        """idx: (B, T) token ids. targets: (B, T) with -1 where no loss is wanted (the loss
+        mask). valid: (B, T) bool, False on left padding. cache: InferenceCache for generation.
+        Returns logits (B, T, vocab) without targets, else the loss."""
+        B, T = idx.shape
+        if cache is not None:
+            if valid is None:
+                valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+            cache.valid[:, cache.length:cache.length + T] = valid
+            positions = cache.positions(T)
+            if cache.length > 0:
+                valid = None  # only padding (in the prefill) needs masking in the Mamba inputs
+        elif valid is not None:
+            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(T, device=idx.device)[None].expand(B, T)
+        cos_sin = rotary_cos_sin(positions, self.config.n_embd // self.config.n_head)
+        x = norm(self.transformer.wte(idx))
+        for block in self.transformer.h:
+            x = block(x, cos_sin, valid, cache)
+        x = norm(x)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(x).float()
+        c = self.config.softcap
+        if c:
+            logits = c * torch.tanh(logits / c)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+
+    def setup_optimizers(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.004,
+                         weight_decay=0.0, betas=(0.8, 0.95)):
+        """Muon for the 2-D matrices inside blocks; AdamW for embeddings, the lm_head and the
+        small Mamba vectors (A_log, D, dt biases, conv filters, norm weights), as nanochat
+        splits them. Adam lrs are scaled by 1/sqrt(d_model/768) like nanochat."""
+        from nanochat_core.model.muon import Muon
+        matrix, other = [], []
+        for name, p in self.transformer.h.named_parameters():
+            (matrix if p.ndim == 2 and "conv1d" not in name else other).append(p)
+        scale = (self.config.n_embd / 768) ** -0.5
+        adam_groups = [
+            {"params": list(self.transformer.wte.parameters()), "lr": embedding_lr * scale},
+            {"params": list(self.lm_head.parameters()), "lr": unembedding_lr * scale},
+            {"params": other, "lr": scalar_lr * scale},
+        ]
+        adam_groups = [g for g in adam_groups if g["params"]]
+        adamw = torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay)
+        opts = [adamw]
+        if matrix:
+            opts.append(Muon(matrix, lr=matrix_lr, momentum=0.95))
+        for opt in opts:
+            for g in opt.param_groups:
+                g["initial_lr"] = g["lr"]
+        return opts
+
+    def estimate_flops_per_token(self):
+        # 6N for the matmuls plus attention's 12 * layers * head_dim * T per T layer.
+        n = self.num_params() - self.transformer.wte.weight.numel()
+        t_layers = self.config.block_pattern.count("T")
+        return 6 * n + 12 * t_layers * self.config.n_embd * self.config.sequence_len
