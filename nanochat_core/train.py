@@ -1,0 +1,230 @@
+"""One training loop for every stage (pretrain, midtrain, RAG and REFRAG fine-tuning).
+
+Batches are a pure function of (seed, step, micro-step, rank), so a run resumed from a
+checkpoint sees exactly the batches the uninterrupted run would have seen, and with the
+optimizer state restored it reaches the same weights. Under `torchrun` the model is wrapped
+in DDP and each rank draws its own micro-batches.
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from nanochat_core.checkpoint import latest_step, load_checkpoint, save_checkpoint
+
+TRAIN_DEFAULTS = {
+    "seed": 0,
+    "steps": 200,
+    "batch_size": 16,  # sequences per micro-batch per rank
+    "grad_accum": 1,
+    "matrix_lr": 0.02,  # Muon
+    "embedding_lr": 0.2,  # AdamW, scaled by 1/sqrt(n_embd/768) in setup_optimizers
+    "unembedding_lr": 0.004,
+    "scalar_lr": 0.004,
+    "weight_decay": 0.0,
+    "warmup_frac": 0.0,
+    "warmdown_frac": 0.2,
+    "eval_every": 0,  # 0: only at the end
+    "checkpoint_every": 100,
+    "keep_last": 2,
+    "log_every": 10,
+}
+
+
+def lr_multiplier(step, total, warmup_frac, warmdown_frac):
+    """Linear warmup, flat, then linear warmdown to 0.1 (nanochat's schedule)."""
+    warmup = int(round(warmup_frac * total))
+    warmdown = int(round(warmdown_frac * total))
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if warmdown and step >= total - warmdown:
+        frac = (total - step) / warmdown
+        return frac + (1 - frac) * 0.1
+    return 1.0
+
+
+def setup_distributed():
+    """(rank, world_size, device). Initializes the process group when run under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def resolve_device(name):
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class TokenStream:
+    """Pretraining batches: random windows of a long token tensor, seeded per step."""
+
+    def __init__(self, tokens, seq_len):
+        self.tokens = torch.as_tensor(tokens, dtype=torch.long)
+        self.seq_len = seq_len
+        if len(self.tokens) <= seq_len + 1:
+            raise ValueError(f"the corpus has {len(self.tokens)} tokens, fewer than one sequence of "
+                             f"{seq_len + 1}; add text to the corpus or lower model.sequence_len")
+
+    def __call__(self, seed, step, micro, batch_size):
+        g = torch.Generator().manual_seed(_batch_seed(seed, step, micro))
+        starts = torch.randint(0, len(self.tokens) - self.seq_len - 1, (batch_size,), generator=g)
+        window = torch.stack([self.tokens[s:s + self.seq_len + 1] for s in starts.tolist()])
+        return window[:, :-1], window[:, 1:]
+
+
+class ConversationBatches:
+    """Fine-tuning batches from rendered conversations [(ids, mask)]: loss only where mask is
+    1 (the assistant's own tokens), right-padded to the longest row in the batch."""
+
+    def __init__(self, rendered, max_len, pad_id=0):
+        if not rendered:
+            raise ValueError("no training conversations were rendered; check the QA files and the stage params")
+        self.rows = [(ids[:max_len + 1], mask[:max_len + 1]) for ids, mask in rendered]
+        self.pad_id = pad_id
+
+    def __call__(self, seed, step, micro, batch_size):
+        g = torch.Generator().manual_seed(_batch_seed(seed, step, micro))
+        pick = torch.randint(0, len(self.rows), (batch_size,), generator=g).tolist()
+        T = max(len(self.rows[i][0]) for i in pick) - 1
+        x = torch.full((batch_size, T), self.pad_id, dtype=torch.long)
+        y = torch.full((batch_size, T), -1, dtype=torch.long)
+        for r, i in enumerate(pick):
+            ids, mask = self.rows[i]
+            ids_t = torch.tensor(ids, dtype=torch.long)
+            m = torch.tensor(mask[1:], dtype=torch.bool)
+            n = len(ids) - 1
+            x[r, :n] = ids_t[:-1]
+            y[r, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
+        return x, y
+
+
+def _batch_seed(seed, step, micro):
+    return (seed * 1_000_003 + step * 1009 + micro) % (2**63 - 1)
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokens, token_bytes, seq_len, batch_size=8, max_batches=8):
+    """Bits per byte on held-out tokens: tokenizer-independent, so models with different
+    vocabularies compare. token_bytes[i] is the UTF-8 length of token i (0 for specials)."""
+    model.eval()
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    n_seq = min((len(tokens) - 1) // seq_len, batch_size * max_batches)
+    if n_seq == 0:
+        raise ValueError("validation split is shorter than one sequence; lower model.sequence_len")
+    device = next(model.parameters()).device
+    nats, nbytes = 0.0, 0
+    for i in range(0, n_seq, batch_size):
+        rows = range(i, min(i + batch_size, n_seq))
+        x = torch.stack([tokens[r * seq_len:(r + 1) * seq_len] for r in rows]).to(device)
+        y = torch.stack([tokens[r * seq_len + 1:(r + 1) * seq_len + 1] for r in rows]).to(device)
+        loss = model(x, y, reduction="none")
+        b = token_bytes.to(device)[y.reshape(-1)]
+        nats += (loss * (b > 0)).sum().item()
+        nbytes += b.sum().item()
+    model.train()
+    return nats / (math.log(2) * max(nbytes, 1))
+
+
+def _fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device="cpu", name="train"):
+    """Train `model` for cfg["steps"] optimizer steps, checkpointing to ckpt_dir.
+
+    get_batch(seed, step, micro, batch_size) -> (x, y), y = -1 where there is no loss.
+    meta: dict saved with every checkpoint (config, tokenizer_hash, lineage).
+    log(metrics: dict, step: int): progress callback (the flow sends it to MLflow).
+    eval_fn(model) -> dict of metrics, run every eval_every steps and at the end.
+    Resumes from the latest checkpoint in ckpt_dir if there is one.
+    Returns a summary dict (final_loss, steps, tokens, seconds, resumed_from, history)."""
+    cfg = {**TRAIN_DEFAULTS, **cfg}
+    rank, world, _ = setup_distributed()
+    log = log or (lambda metrics, step: None)
+    total = cfg["steps"]
+    model.to(device)
+    opts = model.setup_optimizers(cfg["matrix_lr"], cfg["embedding_lr"], cfg["unembedding_lr"], cfg["scalar_lr"],
+                                  cfg["weight_decay"])
+    start, resumed_from = 0, None
+    last = latest_step(ckpt_dir)
+    if last is not None:
+        state, old_meta, optim_state = load_checkpoint(ckpt_dir, last, map_location=device, load_optim=True)
+        if old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key"):
+            raise ValueError(f"{ckpt_dir} holds a checkpoint (step {last}) from a different configuration; "
+                             f"delete {ckpt_dir} to start over, or restore the params it was trained with")
+        model.load_state_dict(state)
+        if optim_state is not None:
+            for i, o in enumerate(opts):
+                o.load_state_dict(optim_state[f"opt{i}"])
+        start, resumed_from = last, last
+        if rank == 0:
+            print(f"[{name}] resuming from {ckpt_dir} step {last}", file=sys.stderr, flush=True)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def checkpoint(step):
+        if rank == 0:
+            optim_state = {f"opt{i}": o.state_dict() for i, o in enumerate(opts)}
+            save_checkpoint(ckpt_dir, step, model.state_dict(), {**meta, "step": step}, optim_state,
+                            keep_last=cfg["keep_last"])
+
+    history = []
+    t0 = time.time()
+    tokens_seen = 0
+    smooth = None
+    loss_item = float("nan")
+    model.train()
+    for step in range(start, total):
+        mult = lr_multiplier(step, total, cfg["warmup_frac"], cfg["warmdown_frac"])
+        for o in opts:
+            for g in o.param_groups:
+                g["lr"] = g["initial_lr"] * mult
+        loss_sum = 0.0
+        for micro in range(cfg["grad_accum"]):
+            x, y = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
+            x, y = x.to(device), y.to(device)
+            loss = ddp_model(x, y) / cfg["grad_accum"]
+            loss.backward()
+            loss_sum += loss.item()
+            tokens_seen += x.numel() * world
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+        loss_item = loss_sum
+        smooth = loss_item if smooth is None else 0.9 * smooth + 0.1 * loss_item
+        done = step + 1
+        record = {"loss": loss_item, "lr_mult": mult}
+        if done % cfg["log_every"] == 0 or done == total:
+            elapsed = time.time() - t0
+            tps = tokens_seen / max(elapsed, 1e-9)
+            eta = elapsed / (done - start) * (total - done)
+            record["tokens_per_s"] = tps
+            if rank == 0:
+                print(f"[{name}] step {done}/{total} | loss {loss_item:.4f} (avg {smooth:.4f}) | lr x{mult:.2f} | "
+                      f"{tps:,.0f} tok/s | ETA {_fmt_time(eta)}", file=sys.stderr, flush=True)
+        if eval_fn is not None and ((cfg["eval_every"] and done % cfg["eval_every"] == 0) or done == total):
+            record.update(eval_fn(model))
+        if rank == 0:
+            log(record, done)
+        history.append({"step": done, **record})
+        if (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0) or done == total:
+            checkpoint(done)
+    if start == total and rank == 0:
+        print(f"[{name}] already trained to step {total} in {ckpt_dir}", file=sys.stderr, flush=True)
+    return {"final_loss": loss_item, "steps": total, "tokens": tokens_seen, "seconds": time.time() - t0,
+            "resumed_from": resumed_from, "history": history}

@@ -1,0 +1,91 @@
+"""The engine's search-tool hook: the query reaches the callback as text, the returned
+tokens are forced into exactly the rows that made the call, with mask 0."""
+import pytest
+import torch
+
+from nanochat_core.engine import Engine
+from nanochat_core.model import GPT, GPTConfig
+from nanochat_core.tokenizer import Tokenizer
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Where was Ada born? Ada was born in Paris. "
+        "Paris is located in France. ") * 30
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(iter([TEXT]), vocab_size=330)
+
+
+class ScriptedGPT(GPT):
+    """A real GPT (so the cache is real) whose next token is forced by a table keyed on the
+    last input token: enough to script a search-call trajectory deterministically."""
+
+    def __init__(self, config, script):
+        super().__init__(config)
+        self.script = script
+
+    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean"):
+        logits = super().forward(idx, targets, valid, cache, reduction)
+        bias = torch.zeros_like(logits)
+        for b in range(idx.shape[0]):
+            for t in range(idx.shape[1]):
+                nxt = self.script.get(idx[b, t].item())
+                if nxt is not None:
+                    bias[b, t, nxt] = 1e4
+        return logits + bias
+
+
+def test_tool_hook_forces_documents_into_calling_rows(tok):
+    sp = tok.encode_special
+    q = tok.encode(" Ada")
+    ans = tok.encode(" Paris")
+    assert len(q) == 1 and len(ans) == 1, "the script below needs one-token query and answer"
+    script = {sp("<|assistant_start|>"): sp("<|search_start|>"), sp("<|search_start|>"): q[0],
+              q[0]: sp("<|search_end|>"), sp("<|documents_end|>"): ans[0], ans[0]: sp("<|assistant_end|>"),
+              sp("<|user_end|>"): ans[0]}
+    torch.manual_seed(0)
+    model = ScriptedGPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
+                                  block_pattern="TM", headdim=16), script).eval()
+    calls = []
+    docs = [{"id": "d1", "title": "Ada", "text": "Ada was born in Paris."}]
+
+    def tool(query):
+        calls.append(query)
+        return tok.encode_documents(docs)
+
+    row0 = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
+    row1 = tok.render_for_completion([{"role": "user", "content": "Where?"}])[:-1]  # ends at user_end: answers directly
+    eng = Engine(model, tok, tool=tool)
+    out, masks = eng.generate_batch([row0, row1], max_tokens=60, stop_tokens=[sp("<|assistant_end|>")])
+    assert calls == [" Ada"]  # one call, from row 0 only, with the decoded query text
+    forced = tok.encode_documents(docs)
+    expected0 = [sp("<|search_start|>"), q[0], sp("<|search_end|>")] + forced + ans
+    assert out[0] == expected0
+    assert masks[0] == [1, 1, 1] + [0] * len(forced) + [1]
+    assert out[1] == ans and masks[1] == [1]
+
+
+def test_max_tool_calls_passes_none(tok):
+    sp = tok.encode_special
+    q = tok.encode(" Ada")
+    # a model that searches forever
+    script = {sp("<|assistant_start|>"): sp("<|search_start|>"), sp("<|search_start|>"): q[0],
+              q[0]: sp("<|search_end|>"), sp("<|documents_end|>"): sp("<|search_start|>")}
+    model = ScriptedGPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                                  block_pattern="T"), script).eval()
+    seen = []
+
+    def tool(query):
+        seen.append(query)
+        return [sp("<|documents_start|>"), sp("<|documents_end|>")] if query is not None else [sp("<|assistant_end|>")]
+
+    eng = Engine(model, tok, tool=tool, max_tool_calls=2)
+    prompt = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
+    eng.generate_batch([prompt], max_tokens=40, stop_tokens=[sp("<|assistant_end|>")])
+    assert seen[:3] == [" Ada", " Ada", None]
+
+
+def test_engine_rejects_empty_prompt():
+    model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2))
+    with pytest.raises(ValueError, match="at least one token"):
+        Engine(model).generate_batch([[]], 5)

@@ -1,0 +1,87 @@
+"""The training loop: resume from a checkpoint equals an uninterrupted run; batches are a
+pure function of the step; the schedule and the conversation batches are what they claim."""
+import pytest
+import torch
+
+from nanochat_core.checkpoint import latest_step
+from nanochat_core.model import GPT, GPTConfig
+from nanochat_core.train import ConversationBatches, TokenStream, lr_multiplier, train
+
+CFG = GPTConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, block_pattern="TM", headdim=16,
+                d_state=8, sequence_len=16)
+TRAIN = {"steps": 8, "batch_size": 4, "grad_accum": 2, "checkpoint_every": 3, "log_every": 100, "warmup_frac": 0.25,
+         "warmdown_frac": 0.25, "seed": 5, "keep_last": 5}
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return GPT(CFG)
+
+
+def stream():
+    g = torch.Generator().manual_seed(0)
+    return TokenStream(torch.randint(0, 64, (2000,), generator=g), CFG.sequence_len)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resumed_run_matches_uninterrupted(tmp_path):
+    meta = {"config": CFG.to_dict()}
+    ref_model = fresh_model()
+    ref = train(ref_model, stream(), TRAIN, tmp_path / "a", meta)
+
+    data = stream()
+
+    def crashing(seed, step, micro, bs):
+        if step == 4:  # after the step-3 checkpoint, mid-way through step 5
+            raise Crash()
+        return data(seed, step, micro, bs)
+
+    with pytest.raises(Crash):
+        train(fresh_model(), crashing, TRAIN, tmp_path / "b", meta)
+    assert latest_step(tmp_path / "b") == 3
+    model = fresh_model()
+    out = train(model, stream(), TRAIN, tmp_path / "b", meta)
+    assert out["resumed_from"] == 3
+    assert abs(out["final_loss"] - ref["final_loss"]) / ref["final_loss"] <= 1e-3
+    for (n, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), n
+
+
+def test_resume_refuses_other_config(tmp_path):
+    train(fresh_model(), stream(), {**TRAIN, "steps": 3}, tmp_path, {"config": CFG.to_dict()})
+    other = {**CFG.to_dict(), "n_embd": 64}
+    with pytest.raises(ValueError, match="different configuration"):
+        train(fresh_model(), stream(), {**TRAIN, "steps": 6}, tmp_path, {"config": other})
+
+
+def test_batches_are_a_function_of_the_step():
+    s = stream()
+    a = s(1, 7, 0, 3)
+    b = s(1, 7, 0, 3)
+    c = s(1, 8, 0, 3)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+    assert torch.equal(a[0][:, 1:], a[1][:, :-1])  # targets are the inputs shifted by one
+
+
+def test_lr_schedule():
+    assert lr_multiplier(0, 100, 0.1, 0.2) == pytest.approx(0.1)
+    assert lr_multiplier(9, 100, 0.1, 0.2) == pytest.approx(1.0)
+    assert lr_multiplier(50, 100, 0.1, 0.2) == 1.0
+    assert lr_multiplier(99, 100, 0.1, 0.2) == pytest.approx(0.05 + 0.95 * 0.1)
+
+
+def test_conversation_batches_mask_only_assistant_tokens():
+    ids = [1, 2, 3, 4, 5, 6]
+    mask = [0, 0, 0, 1, 1, 0]
+    x, y = ConversationBatches([(ids, mask)], max_len=10)(0, 0, 0, 2)
+    assert x[0].tolist() == [1, 2, 3, 4, 5]
+    # target at position t is ids[t+1], kept only where mask[t+1] == 1
+    assert y[0].tolist() == [-1, -1, 4, 5, -1]
+
+
+def test_too_short_corpus_is_a_clear_error():
+    with pytest.raises(ValueError, match="fewer than one sequence"):
+        TokenStream(torch.arange(10), 16)
