@@ -1,0 +1,211 @@
+"""Putting documents into conversations, the multi-hop search loop, and answer parsing.
+
+Three ways to answer a question, all with the same model and tokenizer:
+  closed_book  the question alone
+  rag          the question, then one documents block: the KB's top-k for the question
+  refrag       the model writes <|search_start|>query<|search_end|>; the engine runs the
+               retriever and forces the documents block in; repeat up to max_hops, then answer
+Answers cite the documents they used as [n] (their number in the block).
+"""
+import random
+import re
+
+from nanochat_core.data.world import ABSTAIN
+from nanochat_core.engine import Engine
+from nanochat_core.metrics import exact_match, f1, normalize_answer
+
+_CITE = re.compile(r"\s*\[(\d+)\]")
+
+
+def parse_answer(text):
+    """'Palmora [2]' -> ('Palmora', [2])."""
+    cites = [int(c) for c in _CITE.findall(text)]
+    return _CITE.sub("", text).strip(), cites
+
+
+def is_abstain(answer):
+    return normalize_answer(answer) == normalize_answer(ABSTAIN)
+
+
+def cited_answer(answer, docs, gold_ids):
+    """The target text: the answer, then [n] for each shown document that is gold."""
+    if answer == ABSTAIN:
+        return ABSTAIN
+    n = [i + 1 for i, d in enumerate(docs) if d["id"] in gold_ids]
+    return answer + "".join(f" [{i}]" for i in n)
+
+
+def _doc(kb, doc_id):
+    d = kb.get(doc_id)
+    return {"id": d["id"], "title": d.get("title", ""), "text": d["text"]}
+
+
+def retrieve(kb, queries, k, retriever):
+    """Top-k documents for each query, as lists of {id, title, text}."""
+    return [[_doc(kb, h.doc_id) for h in hits] for hits in kb.search(list(queries), k=k, retriever=retriever)]
+
+
+def closed_book_conversation(qa, with_answer=True):
+    msgs = [{"role": "user", "content": qa["question"]}]
+    if with_answer:
+        msgs.append({"role": "assistant", "content": qa["answers"][0]})
+    return msgs
+
+
+def reading_conversation(qa, docs, with_answer=True):
+    """Single-shot RAG: the question, one documents block, the (cited) answer. If the final
+    hop's gold document is not among `docs`, the right answer is to abstain."""
+    gold = set(qa["gold_doc_ids"][-1])
+    msgs = [{"role": "user", "content": qa["question"]}, {"role": "documents", "documents": docs}]
+    if with_answer:
+        answer = qa["answers"][0] if any(d["id"] in gold for d in docs) else ABSTAIN
+        msgs.append({"role": "assistant", "content": cited_answer(answer, docs, gold)})
+    return msgs
+
+
+def gold_reading_docs(qa, kb, n_distractors, rng):
+    """The gold document of the last hop plus random distractors, shuffled (midtraining)."""
+    gold_id = qa["gold_doc_ids"][-1][0]
+    others = [d["id"] for d in rng.sample(kb.docs, min(len(kb.docs), n_distractors + 1)) if d["id"] != gold_id]
+    docs = [_doc(kb, i) for i in [gold_id] + others[:n_distractors]]
+    rng.shuffle(docs)
+    return docs
+
+
+def trajectory_conversation(qa, kb, k, retriever):
+    """A gold REFRAG trajectory: one search per hop with the hop's query, the live
+    retriever's top-k as tool output, then the cited answer. If a hop's gold document is not
+    retrieved, it replaces the last hit, so the trajectory stays answerable (the model
+    learns what to search for; retrieval quality is measured at evaluation)."""
+    msgs = [{"role": "user", "content": qa["question"]}]
+    hops = qa["hops"]
+    docs = []
+    for hop in hops:
+        docs = retrieve(kb, [hop["query"]], k, retriever)[0]
+        if hop["doc_id"] not in {d["id"] for d in docs}:
+            docs = docs[:k - 1] + [_doc(kb, hop["doc_id"])]
+        msgs.append({"role": "search", "content": hop["query"]})
+        msgs.append({"role": "documents", "documents": docs})
+    msgs.append({"role": "assistant", "content": cited_answer(qa["answers"][0], docs, set(qa["gold_doc_ids"][-1]))})
+    return msgs
+
+
+def make_search_tool(tokenizer, kb, k, retriever, log):
+    """The engine's tool: query text -> documents block tokens. Every (query, docs) is
+    appended to `log` so evaluation can measure what was retrieved."""
+    def tool(query):
+        if query is None:  # past max_hops: an empty block, so the model must answer now
+            return tokenizer.encode_documents([])
+        docs = retrieve(kb, [query.strip()], k, retriever)[0]
+        log.append((query.strip(), docs))
+        return tokenizer.encode_documents(docs)
+    return tool
+
+
+def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever="bm25", max_hops=3,
+                     max_new_tokens=48, batch_size=16):
+    """Greedy answers for `questions` in `mode`. Returns one dict per question: prediction,
+    citations, the documents the model saw, and its search queries (refrag)."""
+    end = tokenizer.encode_special("<|assistant_end|>")
+    out = []
+    for i in range(0, len(questions), batch_size):
+        batch = questions[i:i + batch_size]
+        shown = [[] for _ in batch]
+        queries = [[] for _ in batch]
+        if mode == "closed_book":
+            prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
+            engine = Engine(model)
+            toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end])
+        elif mode == "rag":
+            docs = retrieve(kb, [q["question"] for q in batch], k, retriever)
+            shown = [[d] for d in docs]
+            prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(batch, docs)]
+            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
+        elif mode == "refrag":
+            log = []
+            tool = make_search_tool(tokenizer, kb, k, retriever, log)
+            engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops)
+            prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
+            budget = max_new_tokens + max_hops * (k * 120 + 40)  # forced documents count towards it
+            toks, masks = engine.generate_batch(prompts, budget, stop_tokens=[end])
+            by_query = {}
+            for query, docs in log:
+                by_query[query] = docs
+            for b, (t, m) in enumerate(zip(toks, masks)):
+                queries[b] = _search_queries(tokenizer, t, m)
+                shown[b] = [by_query[q] for q in queries[b] if q in by_query]
+        else:
+            raise ValueError(f"unknown mode {mode!r}; use closed_book, rag or refrag")
+        for b, q in enumerate(batch):
+            text = _final_text(tokenizer, toks[b], masks[b])
+            answer, cites = parse_answer(text)
+            out.append({"id": q["id"], "type": q["type"], "prediction": answer, "raw": text, "citations": cites,
+                        "documents": shown[b], "queries": queries[b]})
+    return out
+
+
+def _search_queries(tokenizer, toks, masks):
+    s, e = tokenizer.encode_special("<|search_start|>"), tokenizer.encode_special("<|search_end|>")
+    qs, cur = [], None
+    for t, m in zip(toks, masks):
+        if m == 1 and t == s:
+            cur = []
+        elif m == 1 and t == e and cur is not None:
+            qs.append(tokenizer.decode(cur).strip())
+            cur = None
+        elif cur is not None:
+            cur.append(t)
+    return qs
+
+
+def _final_text(tokenizer, toks, masks):
+    """The answer: the model's own tokens after its last documents block / search call."""
+    specials = tokenizer.special_ids
+    last = 0
+    for i, t in enumerate(toks):
+        if t in specials:
+            last = i + 1
+    return tokenizer.decode([t for t, m in zip(toks[last:], masks[last:]) if m == 1 and t not in specials])
+
+
+def score(questions, predictions):
+    """Per-question metrics: em, f1, abstained, abstention correct, supported (the answer
+    appears in a shown document), hallucinated (answered, but unsupported), retrieval recall
+    over every hop's gold documents, citation precision."""
+    rows = []
+    for q, p in zip(questions, predictions):
+        golds = q["answers"]
+        gold_abstain = is_abstain(golds[0])
+        abstained = is_abstain(p["prediction"])
+        seen = [d for block in p["documents"] for d in block]
+        seen_ids = {d["id"] for d in seen}
+        text = normalize_answer(" ".join(d["title"] + " " + d["text"] for d in seen))
+        pred_n = normalize_answer(p["prediction"])
+        supported = bool(pred_n) and f" {pred_n} " in f" {text} "
+        gold_ids = {i for hop in q["gold_doc_ids"] for i in hop}
+        final_block = p["documents"][-1] if p["documents"] else []
+        cited = [final_block[c - 1]["id"] for c in p["citations"] if 0 < c <= len(final_block)]
+        rows.append({
+            "em": exact_match(p["prediction"], golds), "f1": f1(p["prediction"], golds),
+            "abstained": float(abstained), "abstention_correct": float(abstained == gold_abstain),
+            "hallucinated": float(not abstained and not supported),
+            "retrieval_recall": (len(gold_ids & seen_ids) / len(gold_ids)) if gold_ids else 0.0,
+            "citation_precision": (sum(c in set(q["gold_doc_ids"][-1]) for c in cited) / len(cited)) if cited else None,
+        })
+    return rows
+
+
+def aggregate(rows):
+    keys = rows[0].keys() if rows else []
+    agg = {"n": len(rows)}
+    for k in keys:
+        vals = [r[k] for r in rows if r[k] is not None]
+        agg[k] = sum(vals) / len(vals) if vals else None
+    return agg
+
+
+def sample(records, n, seed):
+    """A deterministic subset of at most n records (all when n is None or larger)."""
+    if n is None or n >= len(records):
+        return list(records)
+    return random.Random(seed).sample(list(records), n)
