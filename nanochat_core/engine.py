@@ -62,7 +62,25 @@ class Engine:
         calls = [0] * B
         done = [False] * B
         last = [0] * B
-        for _ in range(max_tokens):
+        steps = 0
+        while steps < max_tokens:
+            active = [b for b in range(B) if not done[b]]
+            width = min((len(forced[b]) for b in active), default=0)
+            width = min(width, max_tokens - steps)
+            if width >= 2:
+                # Every live row is inside a forced documents block: feed the common part in
+                # one forward pass instead of token by token (rows usually search in step).
+                cols = []
+                for _ in range(width):
+                    tokens = [forced[b].popleft() if not done[b] else last[b] for b in range(B)]
+                    for b in active:
+                        history[b].append(tokens[b])
+                        last[b] = tokens[b]
+                    cols.append(tokens)
+                    yield tokens, [0] * B
+                steps += width
+                logits = model(torch.tensor(cols, device=device).T, cache=cache)[:, -1]
+                continue
             sampled = sample_next(logits, temperature, top_k, gen).tolist()
             tokens, masks = [], []
             for b in range(B):
@@ -84,6 +102,7 @@ class Engine:
                     forced[b].extend(self._call_tool(history[b], calls[b]))
                     calls[b] += 1
             yield tokens, masks
+            steps += 1
             if all(done):
                 return
             logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]

@@ -78,10 +78,27 @@ def read_jsonl(path):
 
 
 def read_corpus(corpus_dir):
+    """Corpus records [{"text", "source"}] from the pretraining shards."""
     shards = sorted(Path(corpus_dir).glob("shard_*.jsonl"))
     if not shards:
         raise FileNotFoundError(f"no corpus shards in {corpus_dir}; run `dvc repro prepare_documents`")
-    return [r["text"] for s in shards for r in read_jsonl(s)]
+    return [r for s in shards for r in read_jsonl(s)]
+
+
+def tokenizer_texts(records, max_chars, min_real_chars=50_000):
+    """Text for BPE training. Real text only when there is enough of it: trained on the
+    world's documents, BPE learns train people's names as single merges while held-out
+    names (absent from the corpus) split into many pieces, so the model would learn to copy
+    short names and be tested on long ones. Without world text both split alike."""
+    real = [r["text"] for r in records if r.get("source") != "world"]
+    texts = real if sum(map(len, real)) >= min_real_chars else [r["text"] for r in records]
+    picked, budget = [], max_chars
+    for t in texts:
+        if budget <= 0:
+            break
+        picked.append(t[:budget])
+        budget -= len(picked[-1])
+    return picked
 
 
 def train_cfg(section):
@@ -129,16 +146,10 @@ def pretrain(params, corpus_dir="data/corpus", out_dir="checkpoints/base", log=N
     """Train the tokenizer on the corpus, then the base LM. Returns a summary dict."""
     p, tp = params["pretrain"], params["tokenizer"]
     device = resolve_device(p.get("device"))
-    texts = read_corpus(corpus_dir)
+    records = read_corpus(corpus_dir)
+    texts = [r["text"] for r in records]
     rng = random.Random(p["seed"])
-    # Tokenizer: trained on the same corpus, capped in size; deterministic for a given corpus.
-    budget, picked = tp["max_chars"], []
-    for t in texts:
-        if budget <= 0:
-            break
-        picked.append(t[:budget])
-        budget -= len(picked[-1])
-    tok = Tokenizer.train(iter(picked), tp["vocab_size"])
+    tok = Tokenizer.train(iter(tokenizer_texts(records, tp["max_chars"])), tp["vocab_size"])
     tok.save(TOKENIZER_PATH)
     cfg = GPTConfig.from_dict(params["model"])
     if tok.get_vocab_size() > cfg.vocab_size:

@@ -58,6 +58,18 @@ def test_prefill_plus_decode_equals_full_forward(pattern, ssm):
 
 
 @pytest.mark.parametrize("pattern,ssm", CASES)
+def test_multi_token_chunks_after_prefill_equal_full_forward(pattern, ssm):
+    # The engine feeds forced tool output in chunks: prefill, a chunk, one step, a chunk.
+    model = make_model(pattern, ssm, seed=5)
+    seq = torch.randint(0, V, (1, 40), generator=torch.Generator().manual_seed(9))
+    cache = InferenceCache(model, 1, 40)
+    with torch.no_grad():
+        parts = [model(seq[:, a:b], cache=cache) for a, b in [(0, 11), (11, 24), (24, 25), (25, 40)]]
+        full = model(seq)
+    assert rel_err(torch.cat(parts, 1), full) <= 1e-4
+
+
+@pytest.mark.parametrize("pattern,ssm", CASES)
 def test_greedy_generation_matches_uncached_forwards(pattern, ssm):
     model = make_model(pattern, ssm, seed=2)
     g = torch.Generator().manual_seed(3)
