@@ -55,9 +55,9 @@ def closed_book_conversation(qa, with_answer=True):
 def reading_conversation(qa, docs, with_answer=True):
     """Single-shot RAG: the question, one documents block, the (cited) answer. If the final
     hop's gold document is not among `docs`, the right answer is to abstain."""
-    gold = set(qa["gold_doc_ids"][-1])
     msgs = [{"role": "user", "content": qa["question"]}, {"role": "documents", "documents": docs}]
     if with_answer:
+        gold = set(qa["gold_doc_ids"][-1])
         answer = qa["answers"][0] if any(d["id"] in gold for d in docs) else ABSTAIN
         msgs.append({"role": "assistant", "content": cited_answer(answer, docs, gold)})
     return msgs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from nanochat_core.checkpoint import checkpoint_hash, check_tokenizer, latest_step, load_checkpoint
+from nanochat_core.checkpoint import check_tokenizer, checkpoint_hash, latest_step, load_checkpoint
 from nanochat_core.common import REPO_ROOT, sha256_file
 from nanochat_core.model import GPT, GPTConfig
 from nanochat_core import rag
