@@ -1,0 +1,134 @@
+"""What every stage adapter shares. A stage is `steps/<stage>.py` with three functions, which
+flows/stage.py runs as Prefect tasks inside one MLflow run:
+
+    load(params) -> inputs              read the stage's inputs (paths fixed by dvc.yaml), validate them
+    run(inputs, params, log) -> result  call the core; log(metrics: dict, step: int | None) reports
+                                        progress (the flow sends it to MLflow and the Prefect log;
+                                        the core never sees MLflow)
+    save(result, params) -> dict        write the outputs atomically and describe them:
+        {"metrics": {name: float}, "artifacts": [paths to log], "outputs": {name: path},
+         "inputs": {name: path}, "parent_stages": [stages whose outputs were read],
+         "checkpoint_hash": str | None}          (build it with stage_result())
+
+`params` is the whole validated params.yaml. Paths are relative to the working directory
+(the repository root under DVC). While a stage runs, run_context() says which MLflow run
+records it, so a training stage can put that into its checkpoint's lineage (checkpoint_lineage()).
+After save, the flow writes data/lineage/<stage>.json: the next stage links its MLflow run to
+this one through it.
+"""
+import hashlib
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+from nanochat_core.common import sha256_file
+
+# The DVC stages, in pipeline order, and the params.yaml sections each reads (dvc.yaml lists
+# the same sections; tests/test_flows.py keeps the two in step).
+STAGES = ("prepare_documents", "build_kb", "pretrain", "midtrain", "rag_finetune", "refrag_finetune", "evaluate")
+STAGE_SECTIONS = {
+    "prepare_documents": ["documents"],
+    "build_kb": ["kb"],
+    "pretrain": ["tokenizer", "model", "pretrain"],
+    "midtrain": ["midtrain"],
+    "rag_finetune": ["rag_finetune"],
+    "refrag_finetune": ["refrag_finetune"],
+    "evaluate": ["evaluate"],
+}
+LINEAGE_DIR = Path("data/lineage")
+
+
+def lineage_path(stage) -> Path:
+    # Outside the directories the next stage depends on: the record names an MLflow run id,
+    # which differs on every run, and must not make DVC rerun downstream stages.
+    return LINEAGE_DIR / f"{stage}.json"
+
+
+def hash_path(path) -> str:
+    """sha256 of a file, or of a directory as a deterministic digest of its files' relative
+    paths and contents (sorted, so the same tree always gives the same hash). The same digest
+    as nanochat_core.stages.hash_path, which checkpoint lineage uses, so MLflow's data hashes
+    and a checkpoint's agree."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist; run the stage that produces it (`dvc repro`)")
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "lineage.json"):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def git_commit(cwd=None) -> str:
+    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=True).stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def run_context() -> dict:
+    """Who is running this stage: the MLflow run (set by the flow; also seen by torchrun children)."""
+    return {
+        "stage": os.environ.get("NANOCHAT_STAGE"),
+        "mlflow_run_id": os.environ.get("NANOCHAT_MLFLOW_RUN_ID"),
+        "pipeline_run_id": os.environ.get("NANOCHAT_PIPELINE_RUN_ID"),
+        "git_commit": os.environ.get("NANOCHAT_GIT_COMMIT") or git_commit(),
+    }
+
+
+def checkpoint_lineage(parent_checkpoint_hash=None, data=()) -> dict:
+    """The `lineage` record for a checkpoint's meta: parent checkpoint hash, the MLflow run
+    that made it, the sha256 of each data input, and the git commit."""
+    ctx = run_context()
+    return {
+        "parent_checkpoint_hash": parent_checkpoint_hash,
+        "mlflow_run_id": ctx["mlflow_run_id"],
+        "pipeline_run_id": ctx["pipeline_run_id"],
+        "data_hashes": {str(p): hash_path(p) for p in data},
+        "git_commit": ctx["git_commit"],
+    }
+
+
+def params_fingerprint(params, sections) -> str:
+    """sha256 of the given params sections. A training stage stores it in its step checkpoints
+    and resumes only from a checkpoint with the same fingerprint: the checkpoint directory is a
+    DVC `persist` out, so a rerun after a params change finds the old run's steps there."""
+    blob = json.dumps({s: params[s] for s in sections}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def numeric_leaves(d, prefix="") -> dict:
+    """{"qa": {"train": {"count": 3}}} -> {"qa.train.count": 3.0}: every finite number in a
+    nested summary, as MLflow metrics (booleans and strings are left out)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(numeric_leaves(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def stage_result(metrics=None, artifacts=(), outputs=None, inputs=None, parent_stages=(), checkpoint_hash=None):
+    """save()'s return value, checked: the flow logs and hashes exactly what this names."""
+    metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
+    for name, p in {**(outputs or {}), **(inputs or {})}.items():
+        if not Path(p).exists():
+            raise FileNotFoundError(f"stage path {name}={p} does not exist")
+    unknown = [s for s in parent_stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown parent stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    return {"metrics": metrics, "artifacts": [str(a) for a in artifacts],
+            "outputs": {k: str(v) for k, v in (outputs or {}).items()},
+            "inputs": {k: str(v) for k, v in (inputs or {}).items()},
+            "parent_stages": list(parent_stages), "checkpoint_hash": checkpoint_hash}

@@ -1,0 +1,286 @@
+"""The orchestration layer: stage flows under Prefect (tasks, states), MLflow runs and lineage
+between stages, dvc.yaml's consistency with params.yaml and the stage modules, and (slow)
+`dvc repro` end to end and `prefect deploy`."""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nanochat_core.common import REPO_ROOT, sha256_file
+from steps.common import STAGE_SECTIONS, STAGES
+
+DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+TRAINING_CHECKPOINTS = {"pretrain": "checkpoints/base", "midtrain": "checkpoints/mid",
+                        "rag_finetune": "checkpoints/rag", "refrag_finetune": "checkpoints/refrag"}
+
+
+def tiny_params(dst):
+    """params.yaml with a small world, so prepare_documents takes a second."""
+    p = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    p["documents"]["world"].update(n_people=40, n_cities=6, n_countries=3, n_companies=8, n_universities=3)
+    p["documents"]["real_text"]["max_chars"] = 5000
+    Path(dst).write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- dvc.yaml
+
+def _entries(items):
+    for it in items or []:
+        yield from (it.items() if isinstance(it, dict) else [(it, {})])
+
+
+def test_dvc_yaml_stages_and_commands():
+    assert list(DVC_YAML) == list(STAGES)
+    for name, st in DVC_YAML.items():
+        assert st["cmd"] == f"python -m flows.stage {name}"
+    assert importlib.util.find_spec("flows.stage") is not None
+    r = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()] == list(STAGES)
+
+
+def test_dvc_params_exist_and_match_the_stage_sections():
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for name, st in DVC_YAML.items():
+        keys = [k for k, _ in _entries(st.get("params"))]
+        for key in keys:
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params key {key} not in params.yaml"
+                node = node[part]
+        assert keys == STAGE_SECTIONS[name], name  # the flow logs exactly these to MLflow
+
+
+def test_dvc_outs_follow_the_file_contracts():
+    for name, st in DVC_YAML.items():
+        outs = dict(_entries(st.get("outs")))
+        deps = st.get("deps", [])
+        # the lineage record is an out of its stage and a dep of none (it changes every run)
+        assert f"data/lineage/{name}.json" in outs
+        assert not any(d.startswith("data/lineage") for d in deps)
+        if name in TRAINING_CHECKPOINTS:
+            assert outs[TRAINING_CHECKPOINTS[name]].get("persist") is True  # resume after a kill
+            plots = dict(_entries(st.get("plots")))
+            assert plots[f"reports/plots/train_loss_{name}.csv"] == {"cache": False, "x": "step", "y": "loss"}
+        # every stage depends on its own adapter and the shared one
+        assert f"steps/{name}.py" in deps and "steps/common.py" in deps
+    assert "checkpoints/tokenizer" in dict(_entries(DVC_YAML["pretrain"]["outs"]))
+    metrics = dict(_entries(DVC_YAML["evaluate"]["metrics"]))
+    assert metrics["reports/metrics.json"] == {"cache": False}
+    assert "reports/plots/eval_by_type.csv" in dict(_entries(DVC_YAML["evaluate"]["plots"]))
+
+
+def test_dvc_deps_exist():
+    # `dvc repro` fails on a missing dependency; this names it first.
+    missing = sorted({d for st in DVC_YAML.values() for d in st.get("deps", [])
+                      if not d.startswith(("data/", "checkpoints/")) and not (REPO_ROOT / d).exists()})
+    assert not missing, f"dvc.yaml deps that do not exist: {missing}"
+
+
+def test_dvc_analytics_off_and_bytecode_ignored():
+    assert "analytics = false" in (REPO_ROOT / ".dvc" / "config").read_text()
+    assert "__pycache__/" in (REPO_ROOT / ".dvcignore").read_text()
+
+
+def test_dvc_output_parsing():
+    from flows.pipeline import parse_dvc_line
+    assert parse_dvc_line("Running stage 'build_kb':") == ("build_kb", "ran")
+    assert parse_dvc_line("Stage 'prepare_documents' didn't change, skipping") == ("prepare_documents", "unchanged")
+    assert parse_dvc_line("Stage 'pretrain' is cached - skipping run, checking out outputs") == ("pretrain", "cached")
+    assert parse_dvc_line("ERROR: failed to reproduce 'midtrain': failed to run: python -m flows.stage midtrain, "
+                          "exited with 1") == ("midtrain", "failed")
+    assert parse_dvc_line("Updating lock file 'dvc.lock'") is None
+
+
+# ----------------------------------------------------------------------------- stage flows
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """prepare_documents then build_kb as stage flows against a temporary Prefect server and
+    MLflow store, in a scratch working directory."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.stage import stage_flow
+    ws = tmp_path_factory.mktemp("ws")
+    tiny_params(ws / "params.yaml")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(ws)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ws}/mlflow.db")
+    mp.delenv("NANOCHAT_PIPELINE_RUN_ID", raising=False)
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            states = {s: stage_flow(s, return_state=True) for s in ("prepare_documents", "build_kb")}
+            task_runs = {s: _task_runs(st.state_details.flow_run_id) for s, st in states.items()}
+        yield {"ws": ws, "states": states, "task_runs": task_runs}
+    finally:
+        mp.undo()
+
+
+def _task_runs(flow_run_id, timeout=60):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    deadline = time.time() + timeout
+    with get_client(sync_client=True) as client:
+        while True:  # task run states reach the server as events, a moment after the flow ends
+            trs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            got = {tr.name.rsplit("-", 1)[0]: tr.state.type.value for tr in trs if tr.state}
+            if (len(got) == 3 and all(v == "COMPLETED" for v in got.values())) or time.time() > deadline:
+                return got
+
+
+def _mlflow_runs(ws):
+    from mlflow import MlflowClient
+    client = MlflowClient(f"sqlite:///{ws}/mlflow.db")
+    exp = client.get_experiment_by_name("nanochat-rag")
+    return client, {r.data.tags.get("nanochat.stage", "pipeline"): r for r in client.search_runs([exp.experiment_id])}
+
+
+def test_stage_flow_tasks_completed(ran):
+    for stage, state in ran["states"].items():
+        assert state.is_completed(), f"{stage}: {state}"
+        assert ran["task_runs"][stage] == {"load": "COMPLETED", "run": "COMPLETED", "save": "COMPLETED"}
+    ws = ran["ws"]
+    for path in ("data/documents.jsonl", "data/qa/train.jsonl", "data/corpus/shard_00000.jsonl",
+                 "data/kb/manifest.json", "reports/prepare_documents.json", "reports/build_kb.json"):
+        assert (ws / path).is_file(), path
+
+
+def test_stage_runs_nest_under_one_pipeline_run(ran):
+    client, runs = _mlflow_runs(ran["ws"])
+    assert set(runs) == {"pipeline", "prepare_documents", "build_kb"}  # one run per stage, one parent
+    pipeline = runs["pipeline"]
+    assert pipeline.data.tags["nanochat.run_type"] == "pipeline"
+    for stage in ("prepare_documents", "build_kb"):
+        r = runs[stage]
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+        assert r.data.tags["nanochat.prefect_flow_run_id"] == str(ran["states"][stage].state_details.flow_run_id)
+        for tag in ("nanochat.git_commit", "nanochat.data_hashes", "nanochat.parent_run_ids",
+                    "nanochat.parent_checkpoint_hash", "nanochat.output_hashes"):
+            assert tag in r.data.tags, (stage, tag)
+    prep = runs["prepare_documents"]
+    assert prep.data.params["documents.world.n_people"] == "40"
+    assert prep.data.metrics["documents.count"] > 0
+    assert "prepare_documents.json" in [a.path for a in client.list_artifacts(prep.info.run_id)]
+    assert runs["build_kb"].data.params["kb.bm25.k1"] == "1.2"
+
+
+def test_build_kb_links_to_prepare_documents(ran):
+    ws = ran["ws"]
+    _, runs = _mlflow_runs(ws)
+    prep, kb = runs["prepare_documents"], runs["build_kb"]
+    assert kb.data.tags["nanochat.parent_run_ids"] == prep.info.run_id
+    assert kb.data.tags["nanochat.parent_stages"] == "prepare_documents"
+    hashes = json.loads(kb.data.tags["nanochat.data_hashes"])
+    assert hashes == {"data/documents.jsonl": sha256_file(ws / "data" / "documents.jsonl")}
+    rec = json.loads((ws / "data" / "lineage" / "prepare_documents.json").read_text())
+    assert rec["mlflow_run_id"] == prep.info.run_id
+    assert rec["outputs"]["data/documents.jsonl"] == hashes["data/documents.jsonl"]
+
+
+def test_bad_params_fail_before_prefect_starts(tmp_path):
+    p = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    p["kb"]["retreivers"] = p["kb"].pop("retrievers")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    t = time.time()
+    r = subprocess.run([sys.executable, "-m", "flows.stage", "build_kb"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "kb.retreivers" in r.stderr and "did you mean `retrievers`" in r.stderr
+    assert "Starting temporary server" not in r.stderr and time.time() - t < 30
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ----------------------------------------------------------------------------- slow: end to end
+
+def _repo_copy(dst):
+    """A throwaway git+DVC repository with this project's code and a tiny params.yaml."""
+    for name in ("nanochat_core", "steps", "flows", "dvc.yaml", ".dvcignore", "prefect.yaml"):
+        src = REPO_ROOT / name
+        (shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, dst / name))
+    tiny_params(dst / "params.yaml")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                [sys.executable, "-m", "dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dst, check=True, env=env, capture_output=True)
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path):
+    _repo_copy(tmp_path)
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    env.pop("NANOCHAT_PIPELINE_RUN_ID", None)
+    dvc = [sys.executable, "-m", "dvc"]
+    r = subprocess.run([*dvc, "repro", "build_kb"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # A second repro is a no-op: the lineage record changing per run does not matter.
+    r = subprocess.run([*dvc, "repro", "build_kb"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "Running stage" not in r.stdout and r.returncode == 0, r.stdout
+    _, runs = _mlflow_runs(tmp_path)
+    assert runs["build_kb"].data.tags["mlflow.parentRunId"] == runs["prepare_documents"].data.tags["mlflow.parentRunId"]
+    assert runs["build_kb"].data.tags["nanochat.parent_run_ids"] == runs["prepare_documents"].info.run_id
+    # The pipeline flow: a kb param changes, so only build_kb runs, under a new pipeline run.
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["kb"]["bm25"]["k1"] = 0.9
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline", "build_kb"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stage outcomes: prepare_documents=unchanged, build_kb=ran" in r.stdout + r.stderr
+    client, _ = _mlflow_runs(tmp_path)
+    exp = client.get_experiment_by_name("nanochat-rag")
+    pipe = client.search_runs([exp.experiment_id], "tags.`nanochat.outcome.build_kb` = 'ran'")
+    assert len(pipe) == 1 and pipe[0].info.status == "FINISHED"
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{pipe[0].info.run_id}'")
+    assert [c.data.tags["nanochat.stage"] for c in children] == ["build_kb"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all(tmp_path):
+    """prefect.yaml is valid: a local server accepts both deployments on a process work pool."""
+    for name in ("nanochat_core", "steps", "flows", "prefect.yaml", "params.yaml"):
+        src = REPO_ROOT / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, tmp_path / name))
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+               PWD=str(tmp_path))
+    prefect = [sys.executable, "-m", "prefect"]
+    server = subprocess.Popen([*prefect, "server", "start", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        def run(*a):
+            return subprocess.run([*prefect, *a], cwd=tmp_path, env=env, capture_output=True, text=True)
+        r = run("work-pool", "create", "nanochat-local", "--type", "process")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run("--no-prompt", "deploy", "--all")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = run("deployment", "ls")
+        assert "pipeline/nanochat-pipeline" in r.stdout and "stage/nanochat-stage" in r.stdout, r.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
