@@ -146,6 +146,17 @@ def _all_steps(ckpt_dir):
     return sorted({int(m.group(1)) for p in Path(ckpt_dir).iterdir() if (m := pat.match(p.name))})
 
 
+def clear_checkpoints(ckpt_dir):
+    """Remove every step checkpoint in ckpt_dir (meta files first, so a crash midway leaves
+    only incomplete steps, which latest_step ignores). Other files are left alone."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return
+    for s in _all_steps(d):
+        for p in reversed(_paths(d, s)):
+            p.unlink(missing_ok=True)
+
+
 def latest_step(ckpt_dir):
     """The newest step with a meta file (a complete write), or None."""
     steps = _complete_steps(ckpt_dir)

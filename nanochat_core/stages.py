@@ -9,54 +9,40 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from nanochat_core.checkpoint import check_tokenizer, checkpoint_hash, latest_step, load_checkpoint
-from nanochat_core.common import REPO_ROOT, sha256_file
-from nanochat_core.model import GPT, GPTConfig
 from nanochat_core import rag
+from nanochat_core.checkpoint import check_tokenizer, checkpoint_hash, latest_step, load_checkpoint
+from nanochat_core.common import git_commit, hash_path
+from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.tokenizer import Tokenizer
-from nanochat_core.train import (TRAIN_DEFAULTS, ConversationBatches, TokenStream, evaluate_bpb, resolve_device,
-                                 train)
+from nanochat_core.train import TRAIN_DEFAULTS, ConversationBatches, TokenStream, evaluate_bpb, resolve_device, train
 
 TOKENIZER_PATH = Path("checkpoints/tokenizer/tokenizer.json")
 
 
 # ------------------------------------------------------------------------------ lineage
 
-def hash_path(path):
-    """sha256 of a file, or of a directory's files (relative names + contents, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "lineage.json"):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def make_lineage(stage, parent_ckpt=None, data=None):
     """The lineage record every checkpoint carries: parent checkpoint hash, the MLflow run
     that made it, hashes of its data inputs, the git commit."""
-    lin = {"stage": stage, "mlflow_run_id": os.environ.get("NANOCHAT_MLFLOW_RUN_ID"), "git_commit": git_commit(),
+    lin = {"stage": stage, "mlflow_run_id": os.environ.get("NANOCHAT_MLFLOW_RUN_ID"),
+           "pipeline_run_id": os.environ.get("NANOCHAT_PIPELINE_RUN_ID"),
+           "git_commit": os.environ.get("NANOCHAT_GIT_COMMIT") or git_commit(),
            "data_hashes": {name: hash_path(p) for name, p in (data or {}).items()}}
     if parent_ckpt is not None:
         lin["parent_checkpoint"] = str(parent_ckpt)
         lin["parent_checkpoint_hash"] = checkpoint_hash(parent_ckpt)
     return lin
+
+
+def resume_key(params, sections, parent_hash):
+    """What a step checkpoint must match to be resumed from: the stage's params sections and
+    its parent (checkpoint or corpus). After a params change the stage starts over."""
+    blob = json.dumps({"params": {k: params[k] for k in sections}, "parent": parent_hash}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -133,7 +119,8 @@ def _finetune(stage, parent_dir, out_dir, conversations, params, log, data):
     rendered = _render_all(tok, conversations, seq_len)
     too_long = sum(len(ids) > seq_len + 1 for ids, _ in rendered)
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": stage,
-            "resume_key": checkpoint_hash(parent_dir), "lineage": make_lineage(stage, parent_dir, data)}
+            "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir)),
+            "lineage": make_lineage(stage, parent_dir, data)}
     batches = ConversationBatches(rendered, seq_len, pad_id=tok.get_bos_token_id())
     summary = train(model, batches, train_cfg(p), out_dir, meta, log=log, device=device, name=stage)
     summary.update({"conversations": len(rendered), "truncated_conversations": too_long})
@@ -161,15 +148,20 @@ def pretrain(params, corpus_dir="data/corpus", out_dir="checkpoints/base", log=N
     n_val = max(1, len(texts) // 20)
     bos = tok.get_bos_token_id()
     enc = tok.encode([texts[i] for i in order])
-    stream = lambda rows: [t for ids in rows for t in [bos] + ids]
+
+    def stream(rows):
+        return [t for ids in rows for t in [bos] + ids]
     val_tokens, train_tokens = stream(enc[:n_val]), stream(enc[n_val:])
     token_bytes = torch.tensor(tok.token_byte_lengths() + [0] * (cfg.vocab_size - tok.get_vocab_size()))
     torch.manual_seed(p["seed"])
     model = GPT(cfg)
     meta = {"config": cfg.to_dict(), "tokenizer_hash": tok.hash, "stage": "pretrain",
-            "resume_key": hash_path(corpus_dir), "lineage": make_lineage("pretrain", None, {"corpus": corpus_dir})}
-    eval_fn = lambda m: {"val_bpb": evaluate_bpb(m, val_tokens, token_bytes, cfg.sequence_len,
-                                                 max_batches=max(1, p["eval_tokens"] // (8 * cfg.sequence_len)))}
+            "resume_key": resume_key(params, ["tokenizer", "model", "pretrain"], hash_path(corpus_dir)),
+            "lineage": make_lineage("pretrain", None, {"corpus": corpus_dir})}
+
+    def eval_fn(m):
+        n_batches = max(1, p["eval_tokens"] // (8 * cfg.sequence_len))
+        return {"val_bpb": evaluate_bpb(m, val_tokens, token_bytes, cfg.sequence_len, max_batches=n_batches)}
     summary = train(model, TokenStream(train_tokens, cfg.sequence_len), train_cfg(p), out_dir, meta, log=log,
                     eval_fn=eval_fn, device=device, name="pretrain")
     summary.update({"train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
@@ -229,56 +221,3 @@ def refrag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoi
         convs += [rag.reading_conversation(q, d) for q, d in zip(picked, docs)]
     return _finetune("refrag_finetune", parent, out_dir, convs, params, log,
                      {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})
-
-
-def evaluate(params, qa_dir="data/qa", kb_dir="data/kb", ckpt_root="checkpoints", log=None):
-    """Every checkpoint x mode x question type on the test questions. Returns
-    {"results": {ckpt: {mode: {type: metrics}}}, "headline": {...}, "predictions": [...]}."""
-    from nanochat_core.retrieval import KnowledgeBase
-    p = params["evaluate"]
-    device = resolve_device(p.get("device"))
-    kb = KnowledgeBase.load(kb_dir)
-    tok = load_tokenizer()
-    test = read_jsonl(Path(qa_dir) / "test.jsonl")
-    groups = {}
-    for q in test:
-        t = "known_single" if q.get("known") else q["type"]
-        groups.setdefault(t, []).append(q)
-    groups = {t: rag.sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
-    results, predictions = {}, []
-    for ck in p["checkpoints"]:
-        model, _ = load_model(Path(ckpt_root) / _CKPT_DIRS[ck], tok, device)
-        model.eval()
-        for mode in p["modes"]:
-            for t, qs in groups.items():
-                preds = rag.answer_questions(model, tok, qs, mode, kb, p["k"], p["retriever"], p["max_hops"],
-                                             p["max_new_tokens"], p["batch_size"])
-                agg = rag.aggregate(rag.score(qs, preds))
-                results.setdefault(ck, {}).setdefault(mode, {})[t] = agg
-                predictions += [{"checkpoint": ck, "mode": mode, **pr} for pr in preds]
-                print(f"[evaluate] {ck:7s} {mode:11s} {t:14s} n={agg['n']:3d} EM {agg['em']:.3f} "
-                      f"F1 {agg['f1']:.3f} halluc {agg['hallucinated']:.3f}", file=sys.stderr, flush=True)
-                if log:
-                    log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
-    return {"results": results, "headline": headline(results), "predictions": predictions}
-
-
-_CKPT_DIRS = {"base": "base", "mid": "mid", "rag": "rag", "refrag": "refrag"}
-
-
-def headline(results):
-    """The numbers the README's claims rest on (None where a combination was not run)."""
-    def em(ck, mode, t):
-        return results.get(ck, {}).get(mode, {}).get(t, {}).get("em")
-    final = "refrag" if "refrag" in results else ("rag" if "rag" in results else next(iter(results), None))
-    rag_ck = "rag" if "rag" in results else final
-    return {
-        "rag_em_single_test": em(rag_ck, "rag", "single"),
-        "closed_book_em_single_test": em(rag_ck, "closed_book", "single"),
-        "closed_book_em_known_single": em(rag_ck, "closed_book", "known_single"),
-        "rag_em_2hop": em(final, "rag", "2hop"),
-        "refrag_em_2hop": em(final, "refrag", "2hop"),
-        "refrag_em_3hop": em(final, "refrag", "3hop"),
-        "rag_abstention_unanswerable": (results.get(rag_ck, {}).get("rag", {}).get("unanswerable") or {}).get("abstained"),
-        "rag_em_counterfactual": em(rag_ck, "rag", "counterfactual"),
-    }

@@ -13,7 +13,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from nanochat_core.checkpoint import latest_step, load_checkpoint, save_checkpoint
+from nanochat_core.checkpoint import clear_checkpoints, latest_step, load_checkpoint, save_checkpoint
 
 TRAIN_DEFAULTS = {
     "seed": 0,
@@ -164,8 +164,13 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     if last is not None:
         state, old_meta, optim_state = load_checkpoint(ckpt_dir, last, map_location=device, load_optim=True)
         if old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key"):
-            raise ValueError(f"{ckpt_dir} holds a checkpoint (step {last}) from a different configuration; "
-                             f"delete {ckpt_dir} to start over, or restore the params it was trained with")
+            # Other params or another parent: under DVC this is an ordinary rerun, not a resume.
+            if rank == 0:
+                print(f"[{name}] {ckpt_dir} holds step {last} of a different run (params or parent changed); "
+                      "starting from step 0", file=sys.stderr, flush=True)
+                clear_checkpoints(ckpt_dir)
+            last = None
+    if last is not None:
         model.load_state_dict(state)
         if optim_state is not None:
             for i, o in enumerate(opts):

@@ -20,10 +20,11 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
-from nanochat_core.common import sha256_file
+from nanochat_core.checkpoint import checkpoint_hash
+from nanochat_core.common import atomic_write_json, git_commit, hash_path  # noqa: F401 (re-exported)
+from nanochat_core.report import loss_plot
 
 # The DVC stages, in pipeline order, and the params.yaml sections each reads (dvc.yaml lists
 # the same sections; tests/test_flows.py keeps the two in step).
@@ -44,35 +45,6 @@ def lineage_path(stage) -> Path:
     # Outside the directories the next stage depends on: the record names an MLflow run id,
     # which differs on every run, and must not make DVC rerun downstream stages.
     return LINEAGE_DIR / f"{stage}.json"
-
-
-def hash_path(path) -> str:
-    """sha256 of a file, or of a directory as a deterministic digest of its files' relative
-    paths and contents (sorted, so the same tree always gives the same hash). The same digest
-    as nanochat_core.stages.hash_path, which checkpoint lineage uses, so MLflow's data hashes
-    and a checkpoint's agree."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that produces it (`dvc repro`)")
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "lineage.json"):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
-
-
-def git_commit(cwd=None) -> str:
-    """HEAD's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=True).stdout
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
 
 
 def run_context() -> dict:
@@ -132,3 +104,19 @@ def stage_result(metrics=None, artifacts=(), outputs=None, inputs=None, parent_s
             "outputs": {k: str(v) for k, v in (outputs or {}).items()},
             "inputs": {k: str(v) for k, v in (inputs or {}).items()},
             "parent_stages": list(parent_stages), "checkpoint_hash": checkpoint_hash}
+
+
+def save_training(stage, result, out, inputs, parents, extra_outputs=None):
+    """Shared by every training stage: summary JSON, loss curve (CSV for dvc plots + PNG)."""
+    summary = {k: v for k, v in result.items() if k != "history"}
+    atomic_write_json(Path(f"reports/{stage}.json"), summary)
+    # Always written (DVC expects the plot files), even for a run that was already complete.
+    loss_plot(result["history"], stage, Path("reports/plots") / f"train_loss_{stage}.csv", Path("reports/plots") / f"train_loss_{stage}.png")
+    last = result["history"][-1] if result["history"] else {}
+    metrics = {"final_loss": result["final_loss"], "steps": result["steps"], "seconds": result["seconds"]}
+    metrics.update({k: v for k, v in last.items() if k in ("val_bpb", "tokens_per_s")})
+    meta = sorted(out.glob("meta_*.json"))[-1:]
+    return stage_result(metrics=metrics, artifacts=[Path(f"reports/{stage}.json"), *meta,
+                                                    Path("reports/plots") / f"train_loss_{stage}.png"],
+                        outputs={"checkpoint": out, **(extra_outputs or {})}, inputs=inputs, parent_stages=parents,
+                        checkpoint_hash=checkpoint_hash(out))

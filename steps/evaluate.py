@@ -4,7 +4,7 @@ reports/predictions.jsonl (every answer, for reading)."""
 import json
 from pathlib import Path
 
-from nanochat_core import stages
+from nanochat_core import evaluation
 from nanochat_core.common import atomic_write_json, atomic_write_text
 from nanochat_core.report import eval_plot, markdown_report
 from steps.common import numeric_leaves, stage_result
@@ -19,7 +19,7 @@ def load(params):
 
 
 def run(inputs, params, log):
-    return stages.evaluate(params, inputs["qa"], inputs["kb"], inputs["checkpoints"], log)
+    return evaluation.evaluate(params, inputs["qa"], inputs["kb"], inputs["checkpoints"], log)
 
 
 def save(result, params):
@@ -30,5 +30,6 @@ def save(result, params):
     metrics = {k: v for k, v in result["headline"].items() if v is not None}
     metrics.update(numeric_leaves(result["results"]))
     return stage_result(metrics=metrics, artifacts=[METRICS, REPORT, PLOT_PNG, PLOT_CSV],
-                        outputs={"metrics": METRICS}, inputs={"qa": QA, "kb": KB},
+                        outputs={"metrics": METRICS},
+                        inputs={"qa": QA, "kb": KB, **{c: CKPTS / c for c in params["evaluate"]["checkpoints"]}},
                         parent_stages=["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "build_kb"])

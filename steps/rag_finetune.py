@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from nanochat_core import stages
-from steps.pretrain import save_training
+from steps.common import save_training
 
 QA, KB, PARENT, OUT = Path("data/qa"), Path("data/kb"), Path("checkpoints/mid"), Path("checkpoints/rag")
 

@@ -50,11 +50,16 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), n
 
 
-def test_resume_refuses_other_config(tmp_path):
-    train(fresh_model(), stream(), {**TRAIN, "steps": 3}, tmp_path, {"config": CFG.to_dict()})
-    other = {**CFG.to_dict(), "n_embd": 64}
-    with pytest.raises(ValueError, match="different configuration"):
-        train(fresh_model(), stream(), {**TRAIN, "steps": 6}, tmp_path, {"config": other})
+def test_other_params_start_over_instead_of_resuming(tmp_path):
+    # Under DVC, a rerun after a params change must retrain, not resume the old run's steps.
+    meta = {"config": CFG.to_dict(), "resume_key": "params-A"}
+    train(fresh_model(), stream(), {**TRAIN, "steps": 6}, tmp_path, meta)
+    assert latest_step(tmp_path) == 6
+    ref = train(fresh_model(), stream(), {**TRAIN, "steps": 4, "seed": 9}, tmp_path / "ref", {**meta, "resume_key": "B"})
+    out = train(fresh_model(), stream(), {**TRAIN, "steps": 4, "seed": 9}, tmp_path, {**meta, "resume_key": "B"})
+    assert out["resumed_from"] is None
+    assert latest_step(tmp_path) == 4  # the old run's step 6 is gone, not picked up later
+    assert out["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-4)
 
 
 def test_batches_are_a_function_of_the_step():
