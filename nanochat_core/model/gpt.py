@@ -2,7 +2,6 @@
 with pre-norm residuals. A pure-"T" pattern is plain nanochat: RoPE, QK-norm, untied
 embeddings, parameter-free RMSNorm, no biases, GQA and a logit softcap.
 """
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
