@@ -42,13 +42,23 @@ def eval_rows(results):
             for ck, modes in results.items() for mode, types in modes.items() for t, m in types.items()]
 
 
-def eval_plot(results, csv_path, png_path):
+MODES = ("closed_book", "rag", "refrag")
+
+
+def eval_plot(results, csv_path, png_path, table_path=None):
+    """csv_path: one row per question type, EM of the final checkpoint in each mode (what
+    `dvc plots show` draws); table_path: every checkpoint x mode x type, long format."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = eval_rows(results)
-    write_csv(csv_path, rows, ["checkpoint", "mode", "type", "series", "n", "em", "f1", "abstained",
-                               "hallucinated", "retrieval_recall"])
+    if table_path:
+        write_csv(table_path, rows, ["checkpoint", "mode", "type", "n", "em", "f1", "abstained", "abstention_correct",
+                                     "hallucinated", "retrieval_recall", "citation_precision"])
+    final = list(results)[-1] if results else None
+    wide = [{"type": t, **{m: results[final].get(m, {}).get(t, {}).get("em") for m in MODES}}
+            for t in sorted({r["type"] for r in rows})]
+    write_csv(csv_path, wide, ["type", *MODES])
     types = sorted({r["type"] for r in rows})
     series = sorted({r["series"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(types) + 2), 4))

@@ -12,6 +12,7 @@ from steps.common import numeric_leaves, stage_result
 QA, KB, CKPTS = Path("data/qa"), Path("data/kb"), Path("checkpoints")
 METRICS, REPORT, PREDS = Path("reports/metrics.json"), Path("reports/report.md"), Path("reports/predictions.jsonl")
 PLOT_CSV, PLOT_PNG = Path("reports/plots/eval_by_type.csv"), Path("reports/plots/eval_by_type.png")
+TABLE = Path("reports/eval_table.csv")
 
 
 def load(params):
@@ -25,11 +26,11 @@ def run(inputs, params, log):
 def save(result, params):
     atomic_write_json(METRICS, {"headline": result["headline"], "results": result["results"]})
     markdown_report(result["results"], result["headline"], REPORT)
-    eval_plot(result["results"], PLOT_CSV, PLOT_PNG)
+    eval_plot(result["results"], PLOT_CSV, PLOT_PNG, TABLE)
     atomic_write_text(PREDS, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result["predictions"]))
     metrics = {k: v for k, v in result["headline"].items() if v is not None}
     metrics.update(numeric_leaves(result["results"]))
-    return stage_result(metrics=metrics, artifacts=[METRICS, REPORT, PLOT_PNG, PLOT_CSV],
+    return stage_result(metrics=metrics, artifacts=[METRICS, REPORT, PLOT_PNG, PLOT_CSV, TABLE],
                         outputs={"metrics": METRICS},
                         inputs={"qa": QA, "kb": KB, **{c: CKPTS / c for c in params["evaluate"]["checkpoints"]}},
                         parent_stages=["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "build_kb"])

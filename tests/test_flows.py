@@ -75,7 +75,10 @@ def test_dvc_outs_follow_the_file_contracts():
     assert "checkpoints/tokenizer" in dict(_entries(DVC_YAML["pretrain"]["outs"]))
     metrics = dict(_entries(DVC_YAML["evaluate"]["metrics"]))
     assert metrics["reports/metrics.json"] == {"cache": False}
-    assert "reports/plots/eval_by_type.csv" in dict(_entries(DVC_YAML["evaluate"]["plots"]))
+    assert "reports/plots/eval_by_type.csv" in dict(_entries(DVC_YAML["evaluate"]["outs"]))
+    # the per-type chart is a top-level plot: one bar per mode, columns of that CSV
+    top = {k: v for p in yaml.safe_load(open(REPO_ROOT / "dvc.yaml"))["plots"] for k, v in p.items()}
+    assert top["eval_by_type"]["y"] == {"reports/plots/eval_by_type.csv": ["closed_book", "rag", "refrag"]}
 
 
 def test_dvc_deps_exist():
