@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -115,15 +116,18 @@ def _finetune(stage, parent_dir, out_dir, conversations, params, log, data):
     device = resolve_device(p.get("device"))
     tok = load_tokenizer()
     model, parent_meta = load_model(parent_dir, tok, device)
-    seq_len = model.config.sequence_len
-    rendered = _render_all(tok, conversations, seq_len)
-    too_long = sum(len(ids) > seq_len + 1 for ids, _ in rendered)
+    max_len = p["max_len"]
+    rendered = _render_all(tok, conversations, max_len)
+    too_long = sum(len(ids) > max_len + 1 for ids, _ in [tok.render_conversation(c) for c in conversations[:200]])
+    if too_long:  # from a sample: a truncated conversation can lose its answer, so say so
+        print(f"[{stage}] warning: {too_long} of the first {min(200, len(conversations))} conversations are longer "
+              f"than {stage}.max_len={max_len} tokens and were cut; raise max_len", file=sys.stderr, flush=True)
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": stage,
             "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir)),
             "lineage": make_lineage(stage, parent_dir, data)}
-    batches = ConversationBatches(rendered, seq_len, pad_id=tok.get_bos_token_id())
+    batches = ConversationBatches(rendered, max_len, pad_id=tok.get_bos_token_id())
     summary = train(model, batches, train_cfg(p), out_dir, meta, log=log, device=device, name=stage)
-    summary.update({"conversations": len(rendered), "truncated_conversations": too_long})
+    summary.update({"conversations": len(rendered), "truncated_in_first_200": too_long})
     return summary
 
 
@@ -198,6 +202,14 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
     kb = KnowledgeBase.load(kb_dir)
     qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in p["question_types"]]
     docs = rag.retrieve(kb, [q["question"] for q in qa], p["k"], p["retriever"])
+    # Abstention practice: for a share of questions, the gold document is taken out of the
+    # block (the next hit fills its place), so the target becomes "The sources do not say."
+    rng = random.Random(p["seed"])
+    extra = rag.retrieve(kb, [q["question"] for q in qa], p["k"] + 3, p["retriever"])
+    for i, q in enumerate(qa):
+        if rng.random() < p["abstain_frac"]:
+            gold = set(q["gold_doc_ids"][-1])
+            docs[i] = [d for d in extra[i] if d["id"] not in gold][:p["k"]]
     convs = [rag.reading_conversation(q, d) for q, d in zip(qa, docs)]
     return _finetune("rag_finetune", parent, out_dir, convs, params, log,
                      {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})

@@ -141,3 +141,13 @@ def test_loss_mask_ignores_positions():
 def test_bad_config_is_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):
         GPTConfig(**{"vocab_size": 50, "n_embd": 32, "n_head": 4, "n_kv_head": 2, **kw})
+
+
+def test_batch_without_targets_has_zero_loss_not_nan():
+    # A fine-tuning batch whose answers were all truncated away must not poison the weights.
+    model = make_model("TM", "mamba2")
+    x = torch.randint(0, V, (2, 6))
+    loss = model(x, torch.full((2, 6), -1))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

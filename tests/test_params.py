@@ -54,14 +54,14 @@ def test_shipped_params_validate_and_mirror_defaults(raw):
     assert params["model"]["vocab_size"] == params["tokenizer"]["vocab_size"]
     # DEFAULTS is the schema: the same keys at every depth as params.yaml.
     assert _keys(raw) == _keys(P.DEFAULTS)
-    assert isinstance(params["refrag_finetune"]["rl"]["lr"], float)
+    assert isinstance(params["pretrain"]["matrix_lr"], float)
 
 
 def test_unknown_key_is_refused_with_a_suggestion(raw):
     p = _with(raw, "pretrain.matrx_lr", 0.02)
     msg = _refused(p, "pretrain.matrx_lr", "unknown key", "did you mean `matrix_lr`")
     assert "params.yaml" in msg
-    _refused(_with(raw, "refrag_finetune.rl.rewrd_answer", 1.0), "refrag_finetune.rl.rewrd_answer", "reward_answer")
+    _refused(_with(raw, "kb.bm25.k11", 1.0), "kb.bm25.k11", "did you mean `k1`")
     p = copy.deepcopy(raw)
     p["pretrian"] = p.pop("pretrain")
     _refused(p, "pretrian", "did you mean `pretrain`")
@@ -81,7 +81,7 @@ def test_missing_key_is_refused(raw):
     ("pretrain.steps", "100", ["pretrain.steps", "an integer", "str"]),
     ("pretrain.steps", 100.0, ["pretrain.steps", "an integer"]),
     ("kb.chunking.enabled", 1, ["kb.chunking.enabled", "true or false"]),
-    ("refrag_finetune.rl.lr", "1e-4", ["refrag_finetune.rl.lr", "1.0e-4"]),
+    ("refrag_finetune.matrix_lr", "1e-4", ["refrag_finetune.matrix_lr", "1.0e-4"]),
     ("evaluate.modes", "rag", ["evaluate.modes", "a list"]),
     ("kb.bm25", 1.2, ["kb.bm25", "mapping"]),
     ("documents.world.n_people", "many", ["documents.world.n_people"]),
@@ -94,7 +94,7 @@ def test_wrong_type_names_the_key(raw, path, value, words):
     ("pretrain.steps", -1),
     ("midtrain.matrix_lr", 0.0),
     ("rag_finetune.embedding_lr", -0.1),
-    ("refrag_finetune.rl.lr", 0.0),
+    ("refrag_finetune.max_len", 8),
     ("pretrain.warmdown_frac", 1.5),
     ("rag_finetune.abstain_frac", -0.1),
     ("midtrain.closed_book_frac", 2.0),

@@ -160,7 +160,11 @@ class GPT(nn.Module):
             logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction="sum" if reduction == "mean" else reduction)
+        if reduction == "mean":  # a batch with no target tokens gives 0, not 0/0 = NaN
+            loss = loss / (targets != -1).sum().clamp(min=1)
+        return loss
 
     def setup_optimizers(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.004,
                          weight_decay=0.0, betas=(0.8, 0.95)):
