@@ -63,6 +63,30 @@ def reading_conversation(qa, docs, with_answer=True):
     return msgs
 
 
+def swap_answer(qa, docs, pool, rng):
+    """Counterfactual drill: replace the answer everywhere in the shown documents with another
+    value of the same relation, and make that the target. Memory cannot answer it, only
+    reading can; without drills the model learns to recall train facts instead of copying,
+    which does nothing for held-out entities."""
+    old = qa["answers"][0]
+    choices = [a for a in pool.get(qa["relation"], []) if a != old and a not in old and old not in a]
+    if not choices or not any(old in d["text"] for d in docs):
+        return qa, docs
+    new = rng.choice(choices)
+    pat = re.compile(rf"(?<!\w){re.escape(old)}(?!\w)")
+    docs = [{**d, "text": pat.sub(new, d["text"])} for d in docs]
+    return {**qa, "answers": [new]}, docs
+
+
+def answer_pool(questions):
+    """relation -> the distinct answers seen for it (swap_answer's replacement values)."""
+    pool = {}
+    for q in questions:
+        if q["answers"][0] != ABSTAIN:
+            pool.setdefault(q["relation"], set()).add(q["answers"][0])
+    return {k: sorted(v) for k, v in pool.items()}
+
+
 def gold_reading_docs(qa, kb, n_distractors, rng):
     """The gold document of the last hop plus random distractors, shuffled (midtraining)."""
     gold_id = qa["gold_doc_ids"][-1][0]

@@ -182,13 +182,17 @@ def midtrain(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/bas
     kb = KnowledgeBase.load(kb_dir)
     qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in ("single", "unanswerable")]
     rng = random.Random(p["seed"])
+    pool = rag.answer_pool(qa)
     convs = []
     for q in qa:
         r = rng.random()
         if r < p["closed_book_frac"] and q["type"] == "single":
             convs.append(rag.closed_book_conversation(q))
         elif r < p["closed_book_frac"] + p["reading_frac"]:
-            convs.append(rag.reading_conversation(q, rag.gold_reading_docs(q, kb, p["n_distractors"], rng)))
+            docs = rag.gold_reading_docs(q, kb, p["n_distractors"], rng)
+            if rng.random() < p["swap_frac"]:
+                q, docs = rag.swap_answer(q, docs, pool, rng)
+            convs.append(rag.reading_conversation(q, docs))
     return _finetune("midtrain", parent, out_dir, convs, params, log, {"qa_train": Path(qa_dir) / "train.jsonl",
                                                                         "kb": kb_dir})
 
@@ -210,6 +214,10 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
         if rng.random() < p["abstain_frac"]:
             gold = set(q["gold_doc_ids"][-1])
             docs[i] = [d for d in extra[i] if d["id"] not in gold][:p["k"]]
+    pool = rag.answer_pool(qa)
+    for i, q in enumerate(qa):
+        if rng.random() < p["swap_frac"]:
+            qa[i], docs[i] = rag.swap_answer(q, docs[i], pool, rng)
     convs = [rag.reading_conversation(q, d) for q, d in zip(qa, docs)]
     return _finetune("rag_finetune", parent, out_dir, convs, params, log,
                      {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})
