@@ -221,7 +221,8 @@ def _repo_copy(dst):
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(tmp_path):
     _repo_copy(tmp_path)
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # stage cmds run `python`
     env.pop("NANOCHAT_PIPELINE_RUN_ID", None)
     dvc = [sys.executable, "-m", "dvc"]
     r = subprocess.run([*dvc, "repro", "build_kb"], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -246,6 +247,61 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert len(pipe) == 1 and pipe[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{pipe[0].info.run_id}'")
     assert [c.data.tags["nanochat.stage"] for c in children] == ["build_kb"]
+
+
+def micro_params(dst):
+    """tiny_params plus a model and step counts small enough for the whole pipeline in ~2 min."""
+    tiny_params(dst)
+    p = yaml.safe_load(Path(dst).read_text())
+    p["documents"]["real_text"]["max_chars"] = 60000  # enough real text for the tokenizer
+    p["tokenizer"]["vocab_size"] = p["model"]["vocab_size"] = 512
+    p["model"].update(n_layer=2, n_embd=32, n_head=2, n_kv_head=2, block_pattern="TM", headdim=16, sequence_len=64)
+    for s in ("pretrain", "midtrain", "rag_finetune", "refrag_finetune"):
+        p[s].update(steps=4, batch_size=2, checkpoint_every=2, eval_every=0, log_every=2)
+    p["evaluate"].update(max_questions_per_type=2, batch_size=8, max_new_tokens=4, max_hops=1)
+    Path(dst).write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
+    # Not marked slow on purpose (~3 min): it is the one test that runs every stage for real.
+    """All seven stages under one `dvc repro`: one MLflow run per stage under one pipeline
+    run; following parent links from the REFRAG run reaches the run that wrote
+    data/documents.jsonl, whose recorded hash is the file's; a second repro is a no-op and an
+    evaluate param change reruns only evaluate."""
+    _repo_copy(tmp_path)
+    micro_params(tmp_path / "params.yaml")
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])  # stage cmds run `python`
+    env.pop("NANOCHAT_PIPELINE_RUN_ID", None)
+    dvc = [sys.executable, "-m", "dvc"]
+    r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    client, runs = _mlflow_runs(tmp_path)
+    assert set(STAGES) <= set(runs)
+    assert len({runs[s].data.tags["mlflow.parentRunId"] for s in STAGES}) == 1
+    chain, run = [], runs["refrag_finetune"]
+    while True:
+        chain.append(run.data.tags["nanochat.stage"])
+        parents = [client.get_run(i) for i in run.data.tags["nanochat.parent_run_ids"].split(",") if i]
+        if not parents:
+            break
+        # follow the model's line: the parent that trained the checkpoint this stage started from
+        trained = [p for p in parents if p.data.tags.get("nanochat.checkpoint_hash")]
+        run = (trained or parents)[0]
+        if chain[-1] == "pretrain":
+            run = next(p for p in parents if p.data.tags["nanochat.stage"] == "prepare_documents")
+    assert chain == ["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "prepare_documents"]
+    outputs = json.loads(run.data.tags["nanochat.output_hashes"])
+    from nanochat_core.common import sha256_file
+    assert outputs["data/documents.jsonl"] == sha256_file(tmp_path / "data" / "documents.jsonl")
+    r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["evaluate"]["max_new_tokens"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert [ln.split("'")[1] for ln in r.stdout.splitlines() if ln.startswith("Running stage")] == ["evaluate"]
 
 
 def _free_port():
