@@ -65,7 +65,7 @@ def eval_plot(results, csv_path, png_path, table_path=None):
     width = 0.8 / max(1, len(series))
     for i, s in enumerate(series):
         ems = [next((r["em"] for r in rows if r["series"] == s and r["type"] == t), 0) or 0 for t in types]
-        ax.bar([x + i * width for x in range(len(types))], ems, width, label=s)
+        ax.bar([x + i * width for x in range(len(types))], ems, width, label=s, color=plt.cm.tab20(i % 20))
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(types))], types, rotation=20)
     ax.set_ylabel("exact match")
     ax.set_ylim(0, 1)
