@@ -38,9 +38,9 @@ class Engine:
     @torch.no_grad()
     def generate(self, prompts, max_tokens, temperature=0.0, top_k=None, seed=0, stop_tokens=()):
         """Stream one step at a time: yields (tokens, masks), lists of length B with this
-        step's token and mask for every row (rows already stopped repeat their stop token with
-        mask 0). Stops when every row has emitted a stop token or after max_tokens steps
-        (forced tool tokens count towards max_tokens)."""
+        step's token and mask for every row (rows already stopped repeat their last token with
+        mask 0). A row stops at a stop token or after max_tokens tokens of its own; forced
+        tool output does not count towards max_tokens (the cache grows to hold it)."""
         model = self.model
         device = next(model.parameters()).device
         B = len(prompts)
@@ -62,11 +62,10 @@ class Engine:
         calls = [0] * B
         done = [False] * B
         last = [0] * B
-        steps = 0
-        while steps < max_tokens:
+        own = [0] * B  # tokens each row sampled itself
+        while not all(done):
             active = [b for b in range(B) if not done[b]]
             width = min((len(forced[b]) for b in active), default=0)
-            width = min(width, max_tokens - steps)
             if width >= 2:
                 # Every live row is inside a forced documents block: feed the common part in
                 # one forward pass instead of token by token (rows usually search in step).
@@ -78,7 +77,6 @@ class Engine:
                         last[b] = tokens[b]
                     cols.append(tokens)
                     yield tokens, [0] * B
-                steps += width
                 logits = model(torch.tensor(cols, device=device).T, cache=cache)[:, -1]
                 continue
             sampled = sample_next(logits, temperature, top_k, gen).tolist()
@@ -96,13 +94,14 @@ class Engine:
                 masks.append(m)
                 history[b].append(tok)
                 last[b] = tok
-                if m == 1 and tok in stop:
+                own[b] += m
+                if m == 1 and (tok in stop or own[b] >= max_tokens):
                     done[b] = True
+                    forced[b].clear()
                 elif m == 1 and self.tool is not None and tok == self.search_end:
                     forced[b].extend(self._call_tool(history[b], calls[b]))
                     calls[b] += 1
             yield tokens, masks
-            steps += 1
             if all(done):
                 return
             logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]

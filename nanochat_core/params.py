@@ -54,7 +54,7 @@ DEFAULTS = {
     },
     "pretrain": {**TRAINING, "seed": 42},
     "midtrain": {**TRAINING, "seed": 43, "max_len": 512, "closed_book_frac": 0.3, "reading_frac": 0.3,
-                 "n_distractors": 2, "swap_frac": 0.5},
+                 "n_distractors": 2, "swap_frac": 0.5, "drill_frac": 1.0},
     "rag_finetune": {**TRAINING, "seed": 44, "max_len": 512, "k": 3, "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5,
                      "question_types": ["single", "unanswerable"]},
     "refrag_finetune": {
@@ -95,7 +95,7 @@ _RULES = {
     "refrag_finetune.rag_mix": _FRACTION, "evaluate.seed": _ge(0), "evaluate.batch_size": _ge(1),
     "evaluate.device": ((lambda v: v in DEVICES), f"one of {', '.join(DEVICES)}"),
     "rag_finetune.k": _ge(1), "rag_finetune.abstain_frac": _FRACTION,
-    "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
+    "midtrain.swap_frac": _FRACTION, "midtrain.drill_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
     "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),
     "rag_finetune.retriever": ((lambda v: v in RETRIEVERS), f"one of {', '.join(RETRIEVERS)}"),

@@ -87,6 +87,20 @@ def answer_pool(questions):
     return {k: sorted(v) for k, v in pool.items()}
 
 
+def drill_conversation(qa, kb, people, n_distractors, pool, rng):
+    """A reading drill: a train person's single-hop question, their document among other
+    train people's documents, and the answer swapped inside the document (so it cannot be
+    recalled). Person documents name no other people, so a drill never shows a held-out
+    person's fact; that is what makes it safe to train on every token of it (dense loss
+    on recurring names is how a small model learns to copy from context)."""
+    gold_id = qa["gold_doc_ids"][0][0]
+    others = [i for i in rng.sample(people, min(len(people), n_distractors + 1)) if i != gold_id][:n_distractors]
+    docs = [_doc(kb, i) for i in [gold_id] + others]
+    rng.shuffle(docs)
+    qa, docs = swap_answer(qa, docs, pool, rng)
+    return reading_conversation(qa, docs)
+
+
 def gold_reading_docs(qa, kb, n_distractors, rng):
     """The gold document of the last hop plus random distractors, shuffled (midtraining)."""
     gold_id = qa["gold_doc_ids"][-1][0]
@@ -150,8 +164,8 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
             tool = make_search_tool(tokenizer, kb, k, retriever, log)
             engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops)
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            budget = max_new_tokens + max_hops * (k * 120 + 40)  # forced documents count towards it
-            toks, masks = engine.generate_batch(prompts, budget, stop_tokens=[end])
+            # the model's own tokens: up to max_hops search calls, then the answer
+            toks, masks = engine.generate_batch(prompts, max_new_tokens * (max_hops + 1), stop_tokens=[end])
             by_query = {}
             for query, docs in log:
                 by_query[query] = docs

@@ -110,14 +110,18 @@ def _render_all(tok, conversations, max_len):
     return [tok.render_conversation(c, max_tokens=max_len + 1) for c in conversations]
 
 
-def _finetune(stage, parent_dir, out_dir, conversations, params, log, data):
-    """Shared tail of the three fine-tuning stages: render, train from the parent, save."""
+def _finetune(stage, parent_dir, out_dir, conversations, params, log, data, dense=()):
+    """Shared tail of the three fine-tuning stages: render, train from the parent, save.
+    `dense` conversations are trained on every token (reading drills), the others only on
+    the assistant's own tokens."""
     p = params[stage]
     device = resolve_device(p.get("device"))
     tok = load_tokenizer()
     model, parent_meta = load_model(parent_dir, tok, device)
     max_len = p["max_len"]
     rendered = _render_all(tok, conversations, max_len)
+    for ids, mask in _render_all(tok, dense, max_len):
+        rendered.append((ids, [0] + [1] * (len(ids) - 1)))
     too_long = sum(len(ids) > max_len + 1 for ids, _ in [tok.render_conversation(c) for c in conversations[:200]])
     if too_long:  # from a sample: a truncated conversation can lose its answer, so say so
         print(f"[{stage}] warning: {too_long} of the first {min(200, len(conversations))} conversations are longer "
@@ -193,8 +197,13 @@ def midtrain(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/bas
             if rng.random() < p["swap_frac"]:
                 q, docs = rag.swap_answer(q, docs, pool, rng)
             convs.append(rag.reading_conversation(q, docs))
+    people = [d["id"] for d in kb.docs if d.get("metadata", {}).get("entity_type") == "person"
+              and d.get("metadata", {}).get("entity_split") == "train"]
+    drills = [rag.drill_conversation(q, kb, people, p["n_distractors"], pool, rng) for q in qa
+              if q["type"] == "single" and q["relation"].startswith("person.") and q["subject_id"] in set(people)
+              and rng.random() < p["drill_frac"]]
     return _finetune("midtrain", parent, out_dir, convs, params, log, {"qa_train": Path(qa_dir) / "train.jsonl",
-                                                                        "kb": kb_dir})
+                                                                        "kb": kb_dir}, dense=drills)
 
 
 def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/mid", out_dir="checkpoints/rag",

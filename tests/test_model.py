@@ -151,3 +151,15 @@ def test_batch_without_targets_has_zero_loss_not_nan():
     loss.backward()
     assert loss.item() == 0.0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_cache_grows_past_its_planned_length():
+    # Forced tool output can make a sequence longer than the cache was sized for.
+    model = make_model("TM", "mamba2", seed=6)
+    seq = torch.randint(0, V, (1, 30), generator=torch.Generator().manual_seed(1))
+    cache = InferenceCache(model, 1, 8)
+    with torch.no_grad():
+        parts = [model(seq[:, :6], cache=cache)] + [model(seq[:, t:t + 1], cache=cache) for t in range(6, 30)]
+        full = model(seq)
+    assert cache.max_len >= 30
+    assert rel_err(torch.cat(parts, 1), full) <= 1e-4

@@ -31,6 +31,22 @@ class InferenceCache:
         base = torch.arange(self.length, self.length + T, device=self.valid.device)
         return (base[None, :] - self.offset[:, None]).clamp(min=0)
 
+    def ensure(self, n):
+        """Room for n more positions: attention buffers grow (doubling) when a forced tool
+        output makes the sequence longer than planned. Mamba states never grow."""
+        need = self.length + n
+        if need <= self.max_len:
+            return
+        new = max(need, 2 * self.max_len)
+        pad = new - self.max_len
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(self.batch_size, pad)], dim=1)
+        for layer in self.layers:
+            if "k" in layer:
+                for key in ("k", "v"):
+                    t = layer[key]
+                    layer[key] = torch.cat([t, t.new_zeros(t.shape[0], t.shape[1], pad, t.shape[3])], dim=2)
+        self.max_len = new
+
     def reorder(self, index):
         """Keep rows `index` (e.g. to fan a prompt out into samples)."""
         self.valid, self.offset = self.valid[index], self.offset[index]

@@ -137,6 +137,7 @@ class GPT(nn.Module):
         Returns logits (B, T, vocab) without targets, else the loss."""
         B, T = idx.shape
         if cache is not None:
+            cache.ensure(T)
             if valid is None:
                 valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
             cache.valid[:, cache.length:cache.length + T] = valid
