@@ -106,10 +106,6 @@ def load_tokenizer(path=TOKENIZER_PATH):
     return Tokenizer.load(path)
 
 
-def _render_all(tok, conversations, max_len):
-    return [tok.render_conversation(c, max_tokens=max_len + 1) for c in conversations]
-
-
 def _finetune(stage, parent_dir, out_dir, conversations, params, log, data, dense=()):
     """Shared tail of the three fine-tuning stages: render, train from the parent, save.
     `dense` conversations are trained on every token (reading drills), the others only on
@@ -119,19 +115,20 @@ def _finetune(stage, parent_dir, out_dir, conversations, params, log, data, dens
     tok = load_tokenizer()
     model, parent_meta = load_model(parent_dir, tok, device)
     max_len = p["max_len"]
-    rendered = _render_all(tok, conversations, max_len)
-    for ids, mask in _render_all(tok, dense, max_len):
+    rendered = [tok.render_conversation(c) for c in conversations]
+    for c in dense:
+        ids, _ = tok.render_conversation(c)
         rendered.append((ids, [0] + [1] * (len(ids) - 1)))
-    too_long = sum(len(ids) > max_len + 1 for ids, _ in [tok.render_conversation(c) for c in conversations[:200]])
-    if too_long:  # from a sample: a truncated conversation can lose its answer, so say so
-        print(f"[{stage}] warning: {too_long} of the first {min(200, len(conversations))} conversations are longer "
-              f"than {stage}.max_len={max_len} tokens and were cut; raise max_len", file=sys.stderr, flush=True)
+    too_long = sum(len(ids) > max_len + 1 for ids, _ in rendered)
+    if too_long:  # ConversationBatches cuts them, and a cut conversation can lose its answer
+        print(f"[{stage}] warning: {too_long} of {len(rendered)} conversations are longer than {stage}.max_len="
+              f"{max_len} tokens and will be cut; raise max_len", file=sys.stderr, flush=True)
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": stage,
             "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir)),
             "lineage": make_lineage(stage, parent_dir, data)}
     batches = ConversationBatches(rendered, max_len, pad_id=tok.get_bos_token_id())
     summary = train(model, batches, train_cfg(p), out_dir, meta, log=log, device=device, name=stage)
-    summary.update({"conversations": len(rendered), "truncated_in_first_200": too_long})
+    summary.update({"conversations": len(rendered), "truncated_conversations": too_long})
     return summary
 
 

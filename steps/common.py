@@ -111,12 +111,12 @@ def save_training(stage, result, out, inputs, parents, extra_outputs=None):
     summary = {k: v for k, v in result.items() if k != "history"}
     atomic_write_json(Path(f"reports/{stage}.json"), summary)
     # Always written (DVC expects the plot files), even for a run that was already complete.
-    loss_plot(result["history"], stage, Path("reports/plots") / f"train_loss_{stage}.csv", Path("reports/plots") / f"train_loss_{stage}.png")
+    plots = Path("reports/plots")
+    loss_plot(result["history"], stage, plots / f"train_loss_{stage}.csv", plots / f"train_loss_{stage}.png")
     last = result["history"][-1] if result["history"] else {}
     metrics = {"final_loss": result["final_loss"], "steps": result["steps"], "seconds": result["seconds"]}
     metrics.update({k: v for k, v in last.items() if k in ("val_bpb", "tokens_per_s")})
     meta = sorted(out.glob("meta_*.json"))[-1:]
-    return stage_result(metrics=metrics, artifacts=[Path(f"reports/{stage}.json"), *meta,
-                                                    Path("reports/plots") / f"train_loss_{stage}.png"],
+    return stage_result(metrics=metrics, artifacts=[Path(f"reports/{stage}.json"), *meta, plots / f"train_loss_{stage}.png"],
                         outputs={"checkpoint": out, **(extra_outputs or {})}, inputs=inputs, parent_stages=parents,
                         checkpoint_hash=checkpoint_hash(out))
