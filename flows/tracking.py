@@ -137,7 +137,7 @@ class StageRun:
         params = [Param(k, v[:6000]) for k, v in _params_for(self.stage, self.params).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
-        # Seen by the stage (steps.common.run_context) and by any process it starts (torchrun).
+        # Seen by the stage (nanochat_core.stages.make_lineage) and by any process it starts (torchrun).
         os.environ.update(NANOCHAT_STAGE=self.stage, NANOCHAT_MLFLOW_RUN_ID=self.run_id,
                           NANOCHAT_GIT_COMMIT=self.commit)
         return self

@@ -152,8 +152,7 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
         queries = [[] for _ in batch]
         if mode == "closed_book":
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            engine = Engine(model)
-            toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end])
+            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
         elif mode == "rag":
             docs = retrieve(kb, [q["question"] for q in batch], k, retriever)
             shown = [[d] for d in docs]
@@ -166,9 +165,7 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
             # the model's own tokens: up to max_hops search calls, then the answer
             toks, masks = engine.generate_batch(prompts, max_new_tokens * (max_hops + 1), stop_tokens=[end])
-            by_query = {}
-            for query, docs in log:
-                by_query[query] = docs
+            by_query = dict(log)
             for b, (t, m) in enumerate(zip(toks, masks)):
                 queries[b] = _search_queries(tokenizer, t, m)
                 shown[b] = [by_query[q] for q in queries[b] if q in by_query]

@@ -11,15 +11,12 @@ flows/stage.py runs as Prefect tasks inside one MLflow run:
          "checkpoint_hash": str | None}          (build it with stage_result())
 
 `params` is the whole validated params.yaml. Paths are relative to the working directory
-(the repository root under DVC). While a stage runs, run_context() says which MLflow run
-records it, so a training stage can put that into its checkpoint's lineage (checkpoint_lineage()).
+(the repository root under DVC). While a stage runs, NANOCHAT_MLFLOW_RUN_ID names the MLflow
+run that records it; nanochat_core.stages.make_lineage writes it into each checkpoint's lineage.
 After save, the flow writes data/lineage/<stage>.json: the next stage links its MLflow run to
 this one through it.
 """
-import hashlib
-import json
 import math
-import os
 from pathlib import Path
 
 from nanochat_core.checkpoint import checkpoint_hash
@@ -45,37 +42,6 @@ def lineage_path(stage) -> Path:
     # Outside the directories the next stage depends on: the record names an MLflow run id,
     # which differs on every run, and must not make DVC rerun downstream stages.
     return LINEAGE_DIR / f"{stage}.json"
-
-
-def run_context() -> dict:
-    """Who is running this stage: the MLflow run (set by the flow; also seen by torchrun children)."""
-    return {
-        "stage": os.environ.get("NANOCHAT_STAGE"),
-        "mlflow_run_id": os.environ.get("NANOCHAT_MLFLOW_RUN_ID"),
-        "pipeline_run_id": os.environ.get("NANOCHAT_PIPELINE_RUN_ID"),
-        "git_commit": os.environ.get("NANOCHAT_GIT_COMMIT") or git_commit(),
-    }
-
-
-def checkpoint_lineage(parent_checkpoint_hash=None, data=()) -> dict:
-    """The `lineage` record for a checkpoint's meta: parent checkpoint hash, the MLflow run
-    that made it, the sha256 of each data input, and the git commit."""
-    ctx = run_context()
-    return {
-        "parent_checkpoint_hash": parent_checkpoint_hash,
-        "mlflow_run_id": ctx["mlflow_run_id"],
-        "pipeline_run_id": ctx["pipeline_run_id"],
-        "data_hashes": {str(p): hash_path(p) for p in data},
-        "git_commit": ctx["git_commit"],
-    }
-
-
-def params_fingerprint(params, sections) -> str:
-    """sha256 of the given params sections. A training stage stores it in its step checkpoints
-    and resumes only from a checkpoint with the same fingerprint: the checkpoint directory is a
-    DVC `persist` out, so a rerun after a params change finds the old run's steps there."""
-    blob = json.dumps({s: params[s] for s in sections}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def numeric_leaves(d, prefix="") -> dict:
