@@ -10,7 +10,7 @@ Answers cite the documents they used as [n] (their number in the block).
 import random
 import re
 
-from nanochat_core.data.world import ABSTAIN
+from nanochat_core.data.world import ABSTAIN, FORWARD, QUESTION_TEMPLATES, build_world
 from nanochat_core.engine import Engine
 from nanochat_core.metrics import exact_match, f1, normalize_answer
 
@@ -87,18 +87,53 @@ def answer_pool(questions):
     return {k: sorted(v) for k, v in pool.items()}
 
 
-def drill_conversation(qa, kb, people, n_distractors, pool, rng):
-    """A reading drill: a train person's single-hop question, their document among other
-    train people's documents, and the answer swapped inside the document (so it cannot be
-    recalled). Person documents name no other people, so a drill never shows a held-out
-    person's fact; that is what makes it safe to train on every token of it (dense loss
-    on recurring names is how a small model learns to copy from context)."""
-    gold_id = qa["gold_doc_ids"][0][0]
-    others = [i for i in rng.sample(people, min(len(people), n_distractors + 1)) if i != gold_id][:n_distractors]
-    docs = [_doc(kb, i) for i in [gold_id] + others]
-    rng.shuffle(docs)
-    qa, docs = swap_answer(qa, docs, pool, rng)
-    return reading_conversation(qa, docs)
+def drill_world(seed, reserved_names, n_people=3000):
+    """A second invented world, used only for reading drills. Its names are fresh (none
+    equals or nests a name in `reserved_names`, the real world's), so no drill can teach a
+    fact of the real world, held-out or not, and none can be answered from memory: the
+    only way to predict a drill's answer, or the recurrence of a name never seen before,
+    is to copy it from the context. That pressure is what builds the copying circuit the
+    model needs for held-out entities; drills over the real train people stop working
+    once the model has memorized their few hundred names."""
+    return build_world(seed, n_people=n_people, n_cities=max(8, n_people // 10), n_countries=8,
+                       n_companies=max(8, n_people // 8), n_universities=max(4, n_people // 25),
+                       test_fraction=0.0, reserved_names=reserved_names)
+
+
+def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):
+    """n reading conversations over `world`: n_docs random documents (each in a random one
+    of three renderings) and up to n_questions single-hop questions about them, asked one
+    after another: the first before the documents block (the evaluation format), the rest
+    as follow-up turns. Every answer is a lookup in the block, so one block of documents
+    gives several answers' worth of training signal. A fact the world lacks, or (with
+    probability unseen_frac) a question about an entity whose document is not shown, is
+    answered by abstaining."""
+    inverse = world._inverse(world.facts, frozenset())
+    ids = list(world.entities)
+    asked_about = [s for s in ids if FORWARD[world.entities[s].type]]
+    convs = []
+    for _ in range(n):
+        picks = rng.sample(ids, n_docs)
+        docs = [{"id": d, "title": world.name(d), "text": world.render(d, rng.randrange(3), world.facts, inverse=inverse)}
+                for d in picks]
+        chains = [(s, r) for s in picks for r in FORWARD[world.entities[s].type]]
+        asked = rng.sample(chains, min(n_questions, len(chains)))
+        for j in range(len(asked)):
+            if rng.random() < unseen_frac:
+                s = asked_about[rng.randrange(len(asked_about))]
+                if s not in picks:
+                    asked[j] = (s, rng.choice(FORWARD[world.entities[s].type]))
+        msgs = []
+        for j, (s, r) in enumerate(asked):
+            e, obj = world.entities[s], world.facts[s].get(r)
+            msgs.append({"role": "user", "content": rng.choice(QUESTION_TEMPLATES[f"{e.type}.{r}"]).format(s=e.name)})
+            if j == 0:
+                msgs.append({"role": "documents", "documents": docs})
+            answer = ABSTAIN if obj is None or s not in picks else world.name(obj)
+            msgs.append({"role": "assistant", "content": cited_answer(answer, docs, {s})})
+        if asked:
+            convs.append(msgs)
+    return convs
 
 
 def gold_reading_docs(qa, kb, n_distractors, rng):

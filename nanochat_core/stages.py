@@ -194,13 +194,21 @@ def midtrain(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/bas
             if rng.random() < p["swap_frac"]:
                 q, docs = rag.swap_answer(q, docs, pool, rng)
             convs.append(rag.reading_conversation(q, docs))
-    people = [d["id"] for d in kb.docs if d.get("metadata", {}).get("entity_type") == "person"
-              and d.get("metadata", {}).get("entity_split") == "train"]
-    drills = [rag.drill_conversation(q, kb, people, p["n_distractors"], pool, rng) for q in qa
-              if q["type"] == "single" and q["relation"].startswith("person.") and q["subject_id"] in set(people)
-              and rng.random() < p["drill_frac"]]
-    return _finetune("midtrain", parent, out_dir, convs, params, log, {"qa_train": Path(qa_dir) / "train.jsonl",
-                                                                        "kb": kb_dir}, dense=drills)
+    drills = _drills(p, kb, rng)
+    return _finetune("midtrain", parent, out_dir, convs + drills, params, log,
+                     {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})
+
+
+def _drills(p, kb, rng):
+    """p["drills"] reading drills over a second invented world whose names the real world
+    never uses (rag.drill_world), p["drill_questions"] lookups each, in documents blocks as
+    large as the stage's own (k, or the gold document plus n_distractors)."""
+    if not p["drills"]:
+        return []
+    world = rag.drill_world(f"drill:{p['seed']}", [d["title"] for d in kb.docs if d.get("source") == "world"],
+                            n_people=p["drill_people"])
+    n_docs = p["k"] if "k" in p else p["n_distractors"] + 1
+    return rag.world_drills(world, p["drills"], n_docs, p["drill_questions"], rng)
 
 
 def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/mid", out_dir="checkpoints/rag",
@@ -224,7 +232,7 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
     for i, q in enumerate(qa):
         if rng.random() < p["swap_frac"]:
             qa[i], docs[i] = rag.swap_answer(q, docs[i], pool, rng)
-    convs = [rag.reading_conversation(q, d) for q, d in zip(qa, docs)]
+    convs = [rag.reading_conversation(q, d) for q, d in zip(qa, docs)] + _drills(p, kb, rng)
     return _finetune("rag_finetune", parent, out_dir, convs, params, log,
                      {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})
 
@@ -232,14 +240,15 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
 def refrag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/rag",
                     out_dir="checkpoints/refrag", log=None):
     """Supervised warm-up on gold multi-hop search trajectories, with the retriever in the
-    loop; a share of single-shot RAG conversations keeps that skill."""
+    loop; a share of single-shot RAG conversations (answerable and not) keeps that skill."""
     from nanochat_core.retrieval import KnowledgeBase
     p = params["refrag_finetune"]
     kb = KnowledgeBase.load(kb_dir)
     qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in p["question_types"]]
     convs = [rag.trajectory_conversation(q, kb, p["k"], p["retriever"]) for q in qa]
     rng = random.Random(p["seed"])
-    single = [q for q in qa if q["type"] == "single"]
+    # Unanswerable questions too: without them this stage unlearns abstaining in single-shot RAG.
+    single = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in ("single", "unanswerable")]
     n_rag = int(len(convs) * p["rag_mix"])
     if n_rag and single:
         picked = [single[rng.randrange(len(single))] for _ in range(n_rag)]

@@ -41,3 +41,58 @@ def test_score_supported_and_hallucinated():
     wrong = {"prediction": "Paris", "citations": [1], "documents": [DOCS]}
     row = rag.score([QA], [wrong])[0]
     assert row["em"] == 0.0 and row["hallucinated"] == 1.0 and row["citation_precision"] == 0.0
+
+
+def test_drill_world_names_never_touch_the_real_worlds():
+    from nanochat_core.data.world import build_world
+    real = build_world(3, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    taken = [e.name.lower() for e in real.entities.values()]
+    drill = rag.drill_world("drill:3", [e.name for e in real.entities.values()], n_people=200)
+    for e in drill.entities.values():
+        n = e.name.lower()
+        # no drill name equals, contains, or sits inside a real name
+        assert not any(n in t or t in n for t in taken), (e.name, [t for t in taken if n in t or t in n])
+
+
+def test_world_drills_answer_from_the_shown_documents_or_abstain():
+    drill = rag.drill_world("drill:5", [], n_people=80)
+    convs = rag.world_drills(drill, 200, 3, 4, random.Random(0))
+    answers = abstained = 0
+    for c in convs:
+        assert c[0]["role"] == "user" and c[1]["role"] == "documents"  # the evaluation format first
+        docs = c[1]["documents"]
+        assert len(docs) == 3 and len({d["id"] for d in docs}) == 3
+        turns = [m for m in c if m["role"] != "documents"]
+        assert 1 <= len(turns) // 2 <= 4 and [m["role"] for m in turns] == ["user", "assistant"] * (len(turns) // 2)
+        for user, reply in zip(turns[::2], turns[1::2]):
+            answers += 1
+            shown = [d for d in docs if d["title"] in user["content"]]  # the question names its subject
+            if reply["content"] == ABSTAIN:
+                abstained += 1
+                continue
+            text, cites = rag.parse_answer(reply["content"])
+            assert len(shown) == 1 and text in shown[0]["text"]  # copyable from the subject's document...
+            assert cites == [docs.index(shown[0]) + 1]  # ...which is the one cited
+    # missing facts and unseen subjects give some abstentions, not most
+    assert 0.03 < abstained / answers < 0.4
+
+
+def test_stage_drills_come_from_a_world_disjoint_from_the_kb():
+    from types import SimpleNamespace
+
+    from nanochat_core.data.world import build_world
+    from nanochat_core.stages import _drills
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = SimpleNamespace(docs=real.kb_documents())
+    real_names = [d["title"].lower() for d in kb.docs]
+    p = {"seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "k": 4}
+    convs = _drills(p, kb, random.Random(0))
+    assert len(convs) == 25
+    for c in convs:
+        docs = c[1]["documents"]
+        assert len(docs) == 4  # the stage's own k
+        for d in docs:
+            assert not any(d["title"].lower() in r or r in d["title"].lower() for r in real_names)
+    assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
+    midtrain_p = {k: v for k, v in p.items() if k != "k"} | {"n_distractors": 1}
+    assert all(len(c[1]["documents"]) == 2 for c in _drills(midtrain_p, kb, random.Random(0)))

@@ -180,6 +180,13 @@ class _Names:
         w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(n_syllables))
         return (w + (self.rng.choice(_CODAS) if coda else "")).capitalize()
 
+    def reserve(self, name):
+        """Treat `name` as taken (a name from another world): no new name equals it, sits
+        inside it, or contains it."""
+        low = name.lower()
+        self.names.add(low)
+        self.substrings |= {low[i:j] for i in range(len(low)) for j in range(i + 1, len(low) + 1)}
+
     def _accept(self, name, words):
         # `words`: the invented words of the name (not "Labs", "University", ...).
         if any(w.lower() in r for w in words for r in _RESERVED):
@@ -336,7 +343,7 @@ class World:
 
 def build_world(seed, n_people=400, n_cities=40, n_countries=8, n_companies=60, n_universities=16,
                 test_fraction=0.2, missing_fact_rate=0.15, n_counterfactual=0, max_mentions=3,
-                birth_years=(1940, 2005)):
+                birth_years=(1940, 2005), reserved_names=()):
     """Builds the world deterministically from `seed`. See the module docstring."""
     counts = {"n_people": n_people, "n_cities": n_cities, "n_countries": n_countries,
               "n_companies": n_companies, "n_universities": n_universities}
@@ -349,6 +356,8 @@ def build_world(seed, n_people=400, n_cities=40, n_countries=8, n_companies=60, 
         raise ValueError(f"n_countries ({n_countries}) must not exceed n_cities ({n_cities}): every country needs a city")
     rng = random.Random(f"world:{seed}")
     names = _Names(rng)
+    for n in reserved_names:  # e.g. a drill world must not reuse (or nest) the real world's names
+        names.reserve(n)
     entities = {}
     for etype, n in (("country", n_countries), ("city", n_cities), ("university", n_universities),
                      ("company", n_companies), ("person", n_people)):
