@@ -92,9 +92,9 @@ def drill_world(seed, reserved_names, n_people=3000):
     equals or nests a name in `reserved_names`, the real world's), so no drill can teach a
     fact of the real world, held-out or not, and none can be answered from memory: the
     only way to predict a drill's answer, or the recurrence of a name never seen before,
-    is to copy it from the context. That pressure is what builds the copying circuit the
-    model needs for held-out entities; drills over the real train people stop working
-    once the model has memorized their few hundred names."""
+    is to copy it from the context, which is what held-out entities need. (Drills over the
+    real train people lose that pressure once the model has memorized their few hundred
+    names.) At the tiny CPU default this is not yet enough: see the README's Status."""
     return build_world(seed, n_people=n_people, n_cities=max(8, n_people // 10), n_countries=8,
                        n_companies=max(8, n_people // 8), n_universities=max(4, n_people // 25),
                        test_fraction=0.0, reserved_names=reserved_names)

@@ -106,19 +106,15 @@ def load_tokenizer(path=TOKENIZER_PATH):
     return Tokenizer.load(path)
 
 
-def _finetune(stage, parent_dir, out_dir, conversations, params, log, data, dense=()):
-    """Shared tail of the three fine-tuning stages: render, train from the parent, save.
-    `dense` conversations are trained on every token (reading drills), the others only on
-    the assistant's own tokens."""
+def _finetune(stage, parent_dir, out_dir, conversations, params, log, data):
+    """Shared tail of the three fine-tuning stages: render, train from the parent (loss on
+    the assistant's own tokens only), save."""
     p = params[stage]
     device = resolve_device(p.get("device"))
     tok = load_tokenizer()
     model, parent_meta = load_model(parent_dir, tok, device)
     max_len = p["max_len"]
     rendered = [tok.render_conversation(c) for c in conversations]
-    for c in dense:
-        ids, _ = tok.render_conversation(c)
-        rendered.append((ids, [0] + [1] * (len(ids) - 1)))
     too_long = sum(len(ids) > max_len + 1 for ids, _ in rendered)
     if too_long:  # ConversationBatches cuts them, and a cut conversation can lose its answer
         print(f"[{stage}] warning: {too_long} of {len(rendered)} conversations are longer than {stage}.max_len="
