@@ -215,11 +215,12 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
     p = params["rag_finetune"]
     kb = KnowledgeBase.load(kb_dir)
     qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in p["question_types"]]
-    docs = rag.retrieve(kb, [q["question"] for q in qa], p["k"], p["retriever"])
     # Abstention practice: for a share of questions, the gold document is taken out of the
     # block (the next hit fills its place), so the target becomes "The sources do not say."
-    rng = random.Random(p["seed"])
+    # One search for k + 3 hits serves both: its first k are the block.
     extra = rag.retrieve(kb, [q["question"] for q in qa], p["k"] + 3, p["retriever"])
+    docs = [hits[:p["k"]] for hits in extra]
+    rng = random.Random(p["seed"])
     for i, q in enumerate(qa):
         if rng.random() < p["abstain_frac"]:
             gold = set(q["gold_doc_ids"][-1])
@@ -240,11 +241,12 @@ def refrag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoi
     from nanochat_core.retrieval import KnowledgeBase
     p = params["refrag_finetune"]
     kb = KnowledgeBase.load(kb_dir)
-    qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in p["question_types"]]
+    train_qa = read_jsonl(Path(qa_dir) / "train.jsonl")
+    qa = [q for q in train_qa if q["type"] in p["question_types"]]
     convs = [rag.trajectory_conversation(q, kb, p["k"], p["retriever"]) for q in qa]
     rng = random.Random(p["seed"])
     # Unanswerable questions too: without them this stage unlearns abstaining in single-shot RAG.
-    single = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in ("single", "unanswerable")]
+    single = [q for q in train_qa if q["type"] in ("single", "unanswerable")]
     n_rag = int(len(convs) * p["rag_mix"])
     if n_rag and single:
         picked = [single[rng.randrange(len(single))] for _ in range(n_rag)]
