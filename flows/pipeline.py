@@ -90,9 +90,9 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
         proc.wait()
         client.set_terminated(run_id, "KILLED")
         raise
-    after = dvc_changed(targets, env)
     if rc != 0:
         # A stage that started but is still out of date failed, whatever DVC printed last.
+        after = dvc_changed(targets, env)
         for s, o in outcomes.items():
             if o == "ran" and after is not None and s in after:
                 outcomes[s] = "failed"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psutil
 
-from nanochat_core.common import atomic_write_json
+from nanochat_core.common import atomic_write_json, git_commit, hash_path
 from nanochat_core.params import flatten
-from steps.common import STAGE_SECTIONS, git_commit, hash_path, lineage_path
+from steps.common import STAGE_SECTIONS, lineage_path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "nanochat-rag"
@@ -67,8 +67,7 @@ def launcher_process():
     return me
 
 
-def launcher_key(proc=None):
-    proc = proc or launcher_process()
+def launcher_key(proc):
     return f"{socket.gethostname()}:{proc.pid}:{int(proc.create_time() * 1000)}"
 
 

@@ -129,8 +129,7 @@ def save_checkpoint(ckpt_dir, step: int, model_state: dict, meta: dict, optim_st
         # files of interrupted writes (no meta) from before this step are garbage too
         drop += [s for s in _all_steps(ckpt_dir) if s < step and s not in older]
         for s in sorted(set(drop)):
-            for p in reversed(_paths(ckpt_dir, s)):  # meta first: a crash leaves an ignored, incomplete step
-                p.unlink(missing_ok=True)
+            _remove_step(ckpt_dir, s)
     return meta_path
 
 
@@ -152,9 +151,16 @@ def clear_checkpoints(ckpt_dir):
     d = Path(ckpt_dir)
     if not d.is_dir():
         return
-    for s in _all_steps(d):
-        for p in reversed(_paths(d, s)):
-            p.unlink(missing_ok=True)
+    steps = _all_steps(d)
+    for s in steps:
+        _paths(d, s)[2].unlink(missing_ok=True)
+    for s in steps:
+        _remove_step(d, s)
+
+
+def _remove_step(ckpt_dir, step):
+    for p in reversed(_paths(ckpt_dir, step)):  # meta first: a crash leaves an ignored, incomplete step
+        p.unlink(missing_ok=True)
 
 
 def latest_step(ckpt_dir):

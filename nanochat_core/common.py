@@ -79,7 +79,7 @@ def hash_path(path) -> str:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist; run the stage that produces it (`dvc repro`)")
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "lineage.json"):
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f.relative_to(path).as_posix().encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()

@@ -25,7 +25,7 @@ def evaluate(params, qa_dir="data/qa", kb_dir="data/kb", ckpt_root="checkpoints"
     groups = {t: rag.sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
     results, predictions = {}, []
     for ck in p["checkpoints"]:
-        model, _ = load_model(Path(ckpt_root) / _CKPT_DIRS[ck], tok, device)
+        model, _ = load_model(Path(ckpt_root) / ck, tok, device)
         model.eval()
         for mode in p["modes"]:
             for t, qs in groups.items():
@@ -39,9 +39,6 @@ def evaluate(params, qa_dir="data/qa", kb_dir="data/kb", ckpt_root="checkpoints"
                 if log:
                     log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
     return {"results": results, "headline": headline(results), "predictions": predictions}
-
-
-_CKPT_DIRS = {"base": "base", "mid": "mid", "rag": "rag", "refrag": "refrag"}
 
 
 def headline(results):

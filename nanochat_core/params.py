@@ -12,7 +12,6 @@ Presets (presets/<name>.yaml) are partial overrides deep-merged into params.yaml
 """
 import copy
 import difflib
-import re
 from pathlib import Path
 
 import yaml
@@ -83,6 +82,11 @@ def _SUBSET(choices):
             f"a non-empty list without repeats from {list(choices)}")
 
 
+def _ONE_OF(choices):
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_KB_SUBSET = _SUBSET(KB_RETRIEVERS)
 _POSITIVE = ((lambda v: v > 0), "> 0")
 _FRACTION = ((lambda v: 0 <= v <= 1), "a fraction in [0, 1]")
 _RULES = {
@@ -90,30 +94,30 @@ _RULES = {
     "*.matrix_lr": _POSITIVE, "*.embedding_lr": _POSITIVE, "*.unembedding_lr": _POSITIVE, "*.scalar_lr": _POSITIVE,
     "*.weight_decay": _ge(0), "*.warmup_frac": _FRACTION, "*.warmdown_frac": _FRACTION,
     "*.eval_every": _ge(0), "*.eval_tokens": _ge(0), "*.checkpoint_every": _ge(0), "*.keep_last": _ge(0),
-    "*.log_every": _ge(1), "*.device": ((lambda v: v in DEVICES), f"one of {', '.join(DEVICES)}"),
+    "*.log_every": _ge(1), "*.device": _ONE_OF(DEVICES),
     "midtrain.closed_book_frac": _FRACTION, "midtrain.reading_frac": _FRACTION, "midtrain.n_distractors": _ge(0),
     "rag_finetune.question_types": _SUBSET(QA_TYPES), "refrag_finetune.question_types": _SUBSET(QA_TYPES),
     "refrag_finetune.rag_mix": _FRACTION, "evaluate.seed": _ge(0), "evaluate.batch_size": _ge(1),
-    "evaluate.device": ((lambda v: v in DEVICES), f"one of {', '.join(DEVICES)}"),
+    "evaluate.device": _ONE_OF(DEVICES),
     "rag_finetune.k": _ge(1), "rag_finetune.abstain_frac": _FRACTION,
     "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
     **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune")
        for k, r in (("drills", _ge(0)), ("drill_questions", _ge(1)), ("drill_people", _ge(10)))},
     "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),
-    "rag_finetune.retriever": ((lambda v: v in RETRIEVERS), f"one of {', '.join(RETRIEVERS)}"),
-    "refrag_finetune.retriever": ((lambda v: v in RETRIEVERS), f"one of {', '.join(RETRIEVERS)}"),
-    "evaluate.retriever": ((lambda v: v in RETRIEVERS), f"one of {', '.join(RETRIEVERS)}"),
+    "rag_finetune.retriever": _ONE_OF(RETRIEVERS),
+    "refrag_finetune.retriever": _ONE_OF(RETRIEVERS),
+    "evaluate.retriever": _ONE_OF(RETRIEVERS),
     "evaluate.max_questions_per_type": _ge(1), "evaluate.k": _ge(1), "evaluate.max_hops": _ge(1),
     "evaluate.max_new_tokens": _ge(1),
     "evaluate.modes": _SUBSET(MODES),
     "evaluate.checkpoints": _SUBSET(CHECKPOINTS),
-    "kb.retrievers": (_SUBSET(KB_RETRIEVERS)[0], _SUBSET(KB_RETRIEVERS)[1] + " (hybrid fuses them at query time; "
+    "kb.retrievers": (_KB_SUBSET[0], _KB_SUBSET[1] + " (hybrid fuses them at query time; "
                       "it is not built)"),
     "kb.bm25.k1": _ge(0), "kb.bm25.b": _FRACTION,
-    "kb.bm25.method": ((lambda v: v in BM25_METHODS), f"one of {', '.join(BM25_METHODS)}"),
+    "kb.bm25.method": _ONE_OF(BM25_METHODS),
     "kb.dense.model": ((lambda v: bool(v)), "a sentence-transformers model name or local directory"),
-    "kb.dense.index": ((lambda v: v in ("flat", "hnsw", "ivf")), "one of flat, hnsw, ivf"),
+    "kb.dense.index": _ONE_OF(("flat", "hnsw", "ivf")),
     "kb.chunking.max_words": _ge(1), "kb.chunking.overlap": _ge(0),
     "tokenizer.vocab_size": _ge(256 + len(SPECIAL_TOKENS)), "tokenizer.max_chars": _ge(1),
     **{f"model.{k}": _ge(1) for k in ("sequence_len", "vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head",
@@ -266,17 +270,8 @@ def validate_params(params, source="params.yaml"):
 def _documents(section, source):
     try:
         return validate_documents_params(section, prefix="documents")
-    except ValueError as e:
-        msg = str(e)
-        # prepare.py names the key; add the nearest valid key for a typo.
-        m = re.match(r"^(documents(?:\.\w+)*)\.([^:\s]+): unknown key", msg)
-        if m:
-            try:
-                hint = _did_you_mean(m.group(2), _get({"documents": DOCUMENTS_DEFAULTS}, m.group(1)))
-            except (KeyError, TypeError):
-                hint = ""
-            msg = f"{msg}; {hint.strip()}" if hint else msg
-        raise ParamsError(f"{source}: {msg}") from None
+    except ValueError as e:  # prepare.py names the key and suggests the nearest valid one
+        raise ParamsError(f"{source}: {e}") from None
 
 
 def _check_model(model, source):

@@ -19,8 +19,9 @@ this one through it.
 import math
 from pathlib import Path
 
-from nanochat_core.checkpoint import checkpoint_hash
-from nanochat_core.common import atomic_write_json, git_commit, hash_path  # noqa: F401 (re-exported)
+from nanochat_core.checkpoint import checkpoint_hash, latest_step
+from nanochat_core.common import atomic_write_json
+from nanochat_core.params import flatten
 from nanochat_core.report import loss_plot
 
 # The DVC stages, in pipeline order, and the params.yaml sections each reads (dvc.yaml lists
@@ -47,14 +48,8 @@ def lineage_path(stage) -> Path:
 def numeric_leaves(d, prefix="") -> dict:
     """{"qa": {"train": {"count": 3}}} -> {"qa.train.count": 3.0}: every finite number in a
     nested summary, as MLflow metrics (booleans and strings are left out)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(numeric_leaves(v, key + "."))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[key] = float(v)
-    return out
+    return {k: float(v) for k, v in flatten(d, prefix).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def stage_result(metrics=None, artifacts=(), outputs=None, inputs=None, parent_stages=(), checkpoint_hash=None):
@@ -82,7 +77,8 @@ def save_training(stage, result, out, inputs, parents, extra_outputs=None):
     last = result["history"][-1] if result["history"] else {}
     metrics = {"final_loss": result["final_loss"], "steps": result["steps"], "seconds": result["seconds"]}
     metrics.update({k: v for k, v in last.items() if k in ("val_bpb", "tokens_per_s")})
-    meta = sorted(out.glob("meta_*.json"))[-1:]
+    step = latest_step(out)
+    meta = [] if step is None else [out / f"meta_{step:06d}.json"]
     return stage_result(metrics=metrics, artifacts=[Path(f"reports/{stage}.json"), *meta, plots / f"train_loss_{stage}.png"],
                         outputs={"checkpoint": out, **(extra_outputs or {})}, inputs=inputs, parent_stages=parents,
                         checkpoint_hash=checkpoint_hash(out))
