@@ -77,7 +77,8 @@ def test_outputs_and_summary(out):
     assert all(x["source"] == "world" for x in docs.values())  # real text stays out of the KB by default
     assert summary["corpus"]["records"] == len(corpus)
     assert {r["source"] for r in corpus} == {"world", "python_docs"}
-    assert all(set(r) == {"text", "source"} for r in corpus)
+    assert all(set(r) == ({"text", "source", "people"} if r["source"] == "world" else {"text", "source"})
+               for r in corpus)
     for name, recs in qa.items():
         assert summary["qa"][name]["count"] == len(recs)
         types = {}
@@ -224,3 +225,37 @@ def test_duplicate_ids_across_sources_are_refused(tmp_path):
         prepare_documents(p, tmp_path / "o")
     p["sources"][1]["name"] = "m"
     assert prepare_documents(p, tmp_path / "o")["corpus"]["by_source"]["real_text"] > 2
+
+
+def test_world_corpus_lines_list_exactly_the_people_they_name(out):
+    # the tokenizer trainer cuts these names out (stages.tokenizer_texts), so the list must be complete
+    d, summary, docs, corpus, qa = out
+    people = {x["title"] for x in docs.values() if x["metadata"]["entity_type"] == "person"}
+    test_people = {x["title"] for x in docs.values() if x["metadata"]["entity_split"] == "test"}
+    world = [r for r in corpus if r["source"] == "world"]
+    for r in world:
+        named = {n for n in people if n in r["text"]}
+        # a listed name may hide inside a longer one only if that one is listed too
+        assert set(r["people"]) >= {n for n in named if not any(n != m and n in m for m in named)}, r
+        assert set(r["people"]) <= named and not set(r["people"]) & test_people
+    assert sum(len(r["people"]) for r in world) > len(world)  # documents mention other people too
+
+
+def test_tokenizer_text_cuts_people_so_held_out_names_split_like_train_names(out):
+    # Train people's names are in the corpus, test people's are not; BPE trained on them would
+    # give train names short merges and test names long spellings. Shared entities (cities,
+    # companies, universities) and relation words should still get merges.
+    from nanochat_core.stages import tokenizer_texts
+    from nanochat_core.tokenizer import Tokenizer
+    d, summary, docs, corpus, qa = out
+    texts = tokenizer_texts(corpus, 10**9)
+    joined = "\n".join(texts)
+    by = lambda **kv: [x["title"] for x in docs.values() if all(x["metadata"][k] == v for k, v in kv.items())]
+    assert not [n for n in by(entity_type="person") if n in joined]
+    assert len(texts) == len(corpus) and sum(map(len, texts)) < sum(len(r["text"]) for r in corpus)
+    tok = Tokenizer.train(texts, 1024)
+    mean = lambda names: sum(len(tok.encode(" " + n)) for n in names) / len(names)
+    train, test = mean(by(entity_type="person", entity_split="train")), mean(by(entity_type="person", entity_split="test"))
+    assert abs(train - test) / train < 0.1, (train, test)
+    assert mean(by(entity_type="city")) <= 2 < train
+    assert tokenizer_texts(corpus, 5000) and sum(map(len, tokenizer_texts(corpus, 5000))) == 5000

@@ -5,13 +5,15 @@ prepare_documents(params, out_dir) writes, each file atomically:
                                      applied), plus real text when kb_include_real_text
   out_dir/corpus/shard_00000.jsonl   pretraining text, {"text", "source"} per line: real text
                                      and the train entities' documents in their original
-                                     (pre-edit) form, never a test person's fact
+                                     (pre-edit) form, never a test person's fact; world
+                                     lines also list the "people" they name
   out_dir/qa/{train,val,test}.jsonl  question records (schema in world.make_questions)
 and returns a summary dict for the caller to log. See world.py for the world's design.
 """
 import difflib
 import json
 import random
+import re
 from pathlib import Path
 
 from nanochat_core.common import atomic_write_text, sha256_file
@@ -160,7 +162,12 @@ def prepare_documents(params, out_dir):
 
     # Corpus: train-entity renderings (original facts) + real text, shuffled, in shards.
     world_corpus, dup_renderings = world.corpus_documents(w["paraphrases_per_entity"])
-    records = [{"text": d["text"], "source": "world"} for d in world_corpus]
+    # Each world record lists the people it names, so the tokenizer trainer can leave them out
+    # (see stages.tokenizer_texts): people are the held-out entity type.
+    people = re.compile("|".join(re.escape(n) for n in sorted(
+        (e.name for e in world.entities.values() if e.type == "person"), key=len, reverse=True)))
+    records = [{"text": d["text"], "source": "world", "people": sorted(set(people.findall(d["text"])))}
+               for d in world_corpus]
     records += [{"text": d["text"], "source": d["source"]} for d in real_docs]
     random.Random(f"corpus:{p['seed']}").shuffle(records)
     shards, cur, size = [], [], 0
