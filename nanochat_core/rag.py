@@ -235,7 +235,7 @@ def _final_text(tokenizer, toks, masks):
     for i, t in enumerate(toks):
         if t in specials:
             last = i + 1
-    return tokenizer.decode([t for t, m in zip(toks[last:], masks[last:]) if m == 1 and t not in specials])
+    return tokenizer.decode([t for t, m in zip(toks[last:], masks[last:]) if m == 1 and t not in specials]).strip()
 
 
 def score(questions, predictions):

@@ -301,10 +301,14 @@ class Tokenizer:
                 if turn_open is None:
                     add([S["<|assistant_start|>"]], 0)
                     turn_open = i
+                # The assistant's text starts with a space, as a name does inside a document
+                # (" Goraze" is one token there, "Goraze" is G|or|aze): copying a name from a
+                # source is then copying its tokens, not respelling it. Decoders strip it.
+                text = " " + msg["content"]
                 if role == "search":
-                    add([S["<|search_start|>"], *self.encode(msg["content"]), S["<|search_end|>"]], 1)
+                    add([S["<|search_start|>"], *self.encode(text), S["<|search_end|>"]], 1)
                 else:
-                    add([*self.encode(msg["content"]), S["<|assistant_end|>"]], 1)
+                    add([*self.encode(text), S["<|assistant_end|>"]], 1)
                     turn_open = None
         return ids, mask, turn_open
 

@@ -223,8 +223,8 @@ def test_single_shot_rag_render_and_mask(tok):
     assert len(ids) == len(mask) and set(mask) == {0, 1}
     assert tok.decode(ids) == ("<|bos|><|user_start|>What is the capital of France?<|user_end|>"
                                "<|documents_start|>" + format_documents(DOCS_A) + "<|documents_end|>"
-                               "<|assistant_start|>Paris [1].<|assistant_end|>")
-    assert masked_runs(tok, ids, mask) == ["Paris [1].<|assistant_end|>"]
+                               "<|assistant_start|> Paris [1].<|assistant_end|>")
+    assert masked_runs(tok, ids, mask) == [" Paris [1].<|assistant_end|>"]
     # everything before the answer, assistant_start included, is context
     k = ids.index(tok.encode_special("<|assistant_start|>"))
     assert mask[:k + 1] == [0] * (k + 1) and mask[k + 1:] == [1] * (len(ids) - k - 1)
@@ -247,14 +247,14 @@ def test_refrag_trajectory_render_and_mask(tok):
     ids, mask = tok.render_conversation(conv)
     assert tok.decode(ids) == (
         "<|bos|><|user_start|>Which river flows through the capital of France?<|user_end|>"
-        "<|assistant_start|><|search_start|>capital of France<|search_end|>"
+        "<|assistant_start|><|search_start|> capital of France<|search_end|>"
         "<|documents_start|>" + format_documents(DOCS_A) + "<|documents_end|>"
-        "<|search_start|>river through Paris<|search_end|>"
+        "<|search_start|> river through Paris<|search_end|>"
         "<|documents_start|>" + format_documents(DOCS_B) + "<|documents_end|>"
-        "The Seine [1].<|assistant_end|>")
-    assert masked_runs(tok, ids, mask) == ["<|search_start|>capital of France<|search_end|>",
-                                           "<|search_start|>river through Paris<|search_end|>",
-                                           "The Seine [1].<|assistant_end|>"]
+        " The Seine [1].<|assistant_end|>")
+    assert masked_runs(tok, ids, mask) == ["<|search_start|> capital of France<|search_end|>",
+                                           "<|search_start|> river through Paris<|search_end|>",
+                                           " The Seine [1].<|assistant_end|>"]
     # tool output inside the turn is never trained on
     spans = span_mask(tok, ids, mask, "<|documents_start|>", "<|documents_end|>")
     assert len(spans) == 2 and all(set(s) == {0} for s in spans)
@@ -268,7 +268,7 @@ def test_multi_turn_and_bare_list(tok):
             {"role": "assistant", "content": "Seine [1]"}]
     ids, mask = tok.render_conversation(msgs)
     assert (ids, mask) == tok.render_conversation({"messages": msgs})
-    assert masked_runs(tok, ids, mask) == ["hello<|assistant_end|>", "Seine [1]<|assistant_end|>"]
+    assert masked_runs(tok, ids, mask) == [" hello<|assistant_end|>", " Seine [1]<|assistant_end|>"]
     assert ids.count(tok.encode_special("<|assistant_start|>")) == 2
 
 
@@ -288,7 +288,7 @@ def test_render_for_completion_matches_training_render(tok):
     full_ids, _ = tok.render_conversation(single + [{"role": "assistant", "content": "Paris [1]"}])
     prompt = tok.render_for_completion(single)
     assert prompt[-1] == tok.encode_special("<|assistant_start|>")
-    assert full_ids == prompt + tok.encode("Paris [1]") + ids_of(tok, "<|assistant_end|>")
+    assert full_ids == prompt + tok.encode(" Paris [1]") + ids_of(tok, "<|assistant_end|>")
     assert tok.render_for_completion({"messages": single[:1]})[-1] == \
         tok.encode_special("<|assistant_start|>")
     # mid-trajectory: after a search's documents the turn is already open, so nothing is appended
@@ -297,7 +297,7 @@ def test_render_for_completion_matches_training_render(tok):
     full_ids, _ = tok.render_conversation(traj + [{"role": "assistant", "content": "Seine"}])
     prompt = tok.render_for_completion(traj)
     assert prompt[-1] == tok.encode_special("<|documents_end|>")
-    assert full_ids == prompt + tok.encode("Seine") + ids_of(tok, "<|assistant_end|>")
+    assert full_ids == prompt + tok.encode(" Seine") + ids_of(tok, "<|assistant_end|>")
     for bad_end in ["assistant", "search"]:
         with pytest.raises(ValueError, match="message 1"):
             tok.render_for_completion([{"role": "user", "content": "x"}, {"role": bad_end, "content": "y"}])
@@ -417,3 +417,18 @@ def test_tampered_file_with_recomputed_checksum_is_still_checked(tok, tmp_path):
     path.write_bytes(_canonical(body))
     with pytest.raises(TokenizerError, match="single bytes"):
         Tokenizer.load(path)
+
+
+def test_an_answer_copies_the_names_tokens_from_its_source(tok):
+    # Names inside documents follow a space; the assistant's text starts with one too, so an
+    # answer's first tokens are exactly the tokens the source holds (a copy, not a respelling).
+    for name in ["Paris", "Seine", "France"]:
+        docs = [{"id": "d", "title": "Note", "text": f"The answer is {name}."}]
+        ids, mask = tok.render_conversation([{"role": "user", "content": "Which?"},
+                                             {"role": "documents", "documents": docs},
+                                             {"role": "assistant", "content": f"{name} [1]"}])
+        name_ids = tok.encode(" " + name)
+        answer = [i for i, m in zip(ids, mask) if m]
+        block = tok.encode_documents(docs)
+        assert answer[:len(name_ids)] == name_ids
+        assert any(block[j:j + len(name_ids)] == name_ids for j in range(len(block)))
