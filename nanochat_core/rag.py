@@ -87,17 +87,30 @@ def answer_pool(questions):
     return {k: sorted(v) for k, v in pool.items()}
 
 
-def drill_world(seed, reserved_names, n_people=3000):
-    """A second invented world, used only for reading drills. Its names are fresh (none
-    equals or nests a name in `reserved_names`, the real world's), so no drill can teach a
-    fact of the real world, held-out or not, and none can be answered from memory: the
-    only way to predict a drill's answer, or the recurrence of a name never seen before,
-    is to copy it from the context, which is what held-out entities need. (Drills over the
-    real train people lose that pressure once the model has memorized their few hundred
-    names.) At the tiny CPU default this is not yet enough: see the README's Status."""
-    return build_world(seed, n_people=n_people, n_cities=max(8, n_people // 10), n_countries=8,
-                       n_companies=max(8, n_people // 8), n_universities=max(4, n_people // 25),
-                       test_fraction=0.0, reserved_names=reserved_names)
+def drill_world(seed, real_names, n_people=3000):
+    """A second world for reading drills: the real world's places, companies and universities
+    (`real_names`: entity type -> the real world's names) with n_people fresh people and new
+    random facts. Held-out questions ask about people never seen in training whose answers
+    are places, companies and universities the model knows; a drill is the same task. Its
+    people are new (no name equals or nests any real name), so their facts cannot be recalled
+    and a drill cannot leak a real fact about a person: the answer must be read. (Facts the
+    drills state about real places, such as the country a city lies in, are drawn anew, so
+    they disagree with the KB as often as not; like counterfactual questions, they reward
+    following the document, never memory.)"""
+    counts = {t: len(real_names.get(t, ())) for t in ("city", "country", "company", "university")}
+    missing = [t for t, n in counts.items() if not n]
+    if missing:
+        raise ValueError(f"drill_world needs the real world's names of every entity type; none for {missing}")
+    reserved = [n for names in real_names.values() for n in names]
+    world = build_world(seed, n_people=n_people, n_cities=max(counts["city"], counts["country"]),
+                        n_countries=counts["country"], n_companies=counts["company"],
+                        n_universities=counts["university"], test_fraction=0.0, reserved_names=reserved)
+    # Rename by index: cities beyond the real count (only when countries outnumber cities) stay fresh.
+    for t, names in real_names.items():
+        if t != "person":
+            for eid, name in zip(world.ids(t), names):
+                world.entities[eid].name = name
+    return world
 
 
 def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):

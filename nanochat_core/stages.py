@@ -202,13 +202,16 @@ def midtrain(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/bas
 
 
 def _drills(p, kb, rng):
-    """p["drills"] reading drills over a second invented world whose names the real world
-    never uses (rag.drill_world), p["drill_questions"] lookups each, in documents blocks as
-    large as the stage's own (k, or the gold document plus n_distractors)."""
+    """p["drills"] reading drills over a second world: the real world's places, companies and
+    universities, fresh people, new facts (rag.drill_world); p["drill_questions"] lookups each,
+    in documents blocks as large as the stage's own (k, or the gold document plus n_distractors)."""
     if not p["drills"]:
         return []
-    world = rag.drill_world(f"drill:{p['seed']}", [d["title"] for d in kb.docs if d.get("source") == "world"],
-                            n_people=p["drill_people"])
+    names = {}
+    for d in kb.docs:
+        if d.get("source") == "world":
+            names.setdefault(d["metadata"]["entity_type"], []).append(d["title"])
+    world = rag.drill_world(f"drill:{p['seed']}", names, n_people=p["drill_people"])
     n_docs = p["k"] if "k" in p else p["n_distractors"] + 1
     return rag.world_drills(world, p["drills"], n_docs, p["drill_questions"], rng)
 

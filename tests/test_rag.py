@@ -2,6 +2,8 @@
 and the counterfactual swap drill."""
 import random
 
+import pytest
+
 from nanochat_core import rag
 from nanochat_core.data.world import ABSTAIN
 
@@ -43,19 +45,37 @@ def test_score_supported_and_hallucinated():
     assert row["em"] == 0.0 and row["hallucinated"] == 1.0 and row["citation_precision"] == 0.0
 
 
-def test_drill_world_names_never_touch_the_real_worlds():
+def _names_by_type(world):
+    names = {}
+    for e in world.entities.values():
+        names.setdefault(e.type, []).append(e.name)
+    return names
+
+
+def test_drill_world_has_the_real_places_and_fresh_people():
     from nanochat_core.data.world import build_world
     real = build_world(3, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
-    taken = [e.name.lower() for e in real.entities.values()]
-    drill = rag.drill_world("drill:3", [e.name for e in real.entities.values()], n_people=200)
-    for e in drill.entities.values():
-        n = e.name.lower()
-        # no drill name equals, contains, or sits inside a real name
-        assert not any(n in t or t in n for t in taken), (e.name, [t for t in taken if n in t or t in n])
+    names = _names_by_type(real)
+    drill = rag.drill_world("drill:3", names, n_people=200)
+    got = _names_by_type(drill)
+    for t in ("city", "country", "company", "university"):  # the answers held-out questions have
+        assert got[t] == names[t]
+    taken = [n.lower() for ns in names.values() for n in ns]
+    assert len(got["person"]) == 200
+    for n in got["person"]:  # no drill person equals, contains, or sits inside a real name
+        n = n.lower()
+        assert not any(n in t or t in n for t in taken), (n, [t for t in taken if n in t or t in n])
+    # facts are drawn anew: drill people's answers are not the real people's in disguise
+    born = [drill.name(drill.facts[p]["born_in"]) for p in drill.ids("person")]
+    assert len(set(born)) > 4
+    with pytest.raises(ValueError, match="university"):
+        rag.drill_world("drill:3", {t: v for t, v in names.items() if t != "university"})
 
 
 def test_world_drills_answer_from_the_shown_documents_or_abstain():
-    drill = rag.drill_world("drill:5", [], n_people=80)
+    from nanochat_core.data.world import build_world
+    real = build_world(5, n_people=10, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    drill = rag.drill_world("drill:5", _names_by_type(real), n_people=80)
     convs = rag.world_drills(drill, 200, 3, 4, random.Random(0))
     answers = abstained = 0
     for c in convs:
@@ -77,22 +97,26 @@ def test_world_drills_answer_from_the_shown_documents_or_abstain():
     assert 0.03 < abstained / answers < 0.4
 
 
-def test_stage_drills_come_from_a_world_disjoint_from_the_kb():
+def test_stage_drills_share_the_kbs_places_but_never_its_people():
     from types import SimpleNamespace
 
     from nanochat_core.data.world import build_world
     from nanochat_core.stages import _drills
     real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
     kb = SimpleNamespace(docs=real.kb_documents())
-    real_names = [d["title"].lower() for d in kb.docs]
+    people = [d["title"].lower() for d in kb.docs if d["metadata"]["entity_type"] == "person"]
+    places = {d["title"] for d in kb.docs if d["metadata"]["entity_type"] != "person"}
     p = {"seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "k": 4}
     convs = _drills(p, kb, random.Random(0))
     assert len(convs) == 25
+    shown = set()
     for c in convs:
         docs = c[1]["documents"]
         assert len(docs) == 4  # the stage's own k
         for d in docs:
-            assert not any(d["title"].lower() in r or r in d["title"].lower() for r in real_names)
+            assert not any(d["title"].lower() in r or r in d["title"].lower() for r in people)
+            shown |= {n for n in places if n in d["text"]}
+    assert len(shown) > len(places) / 2  # the drills' answers are the KB's places, companies, universities
     assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
     midtrain_p = {k: v for k, v in p.items() if k != "k"} | {"n_distractors": 1}
     assert all(len(c[1]["documents"]) == 2 for c in _drills(midtrain_p, kb, random.Random(0)))
