@@ -193,11 +193,10 @@ def test_bad_params_fail_before_prefect_starts(tmp_path):
     p = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     p["kb"]["retreivers"] = p["kb"].pop("retrievers")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    t = time.time()
     r = subprocess.run([sys.executable, "-m", "flows.stage", "build_kb"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2
     assert "kb.retreivers" in r.stderr and "did you mean `retrievers`" in r.stderr
-    assert "Starting temporary server" not in r.stderr and time.time() - t < 30
+    assert "Starting temporary server" not in r.stderr  # refused before any flow (no wall-clock bound: flaky under load)
     assert not (tmp_path / "mlflow.db").exists()
 
 
