@@ -53,8 +53,8 @@ DEFAULTS = {
     },
     "pretrain": {**TRAINING, "seed": 42},
     "midtrain": {**TRAINING, "seed": 43, "max_len": 640, "closed_book_frac": 0.3, "reading_frac": 0.3,
-                 "n_distractors": 2, "swap_frac": 0.5, "drills": 2000, "drill_questions": 6,
-                 "drill_people": 3000},
+                 "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
+                 "drill_docs": 1, "drill_people": 3000},
     "rag_finetune": {**TRAINING, "seed": 44, "max_len": 640, "k": 3, "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5,
                      "question_types": ["single", "unanswerable"], "drills": 500, "drill_questions": 6, "drill_people": 3000},
     "refrag_finetune": {
@@ -103,7 +103,7 @@ _RULES = {
     "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
     **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune")
        for k, r in (("drills", _ge(0)), ("drill_questions", _ge(1)), ("drill_people", _ge(10)))},
-    "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
+    "midtrain.drill_docs": _ge(1), "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),
     "rag_finetune.retriever": _ONE_OF(RETRIEVERS),
     "refrag_finetune.retriever": _ONE_OF(RETRIEVERS),

@@ -100,6 +100,7 @@ def test_wrong_type_names_the_key(raw, path, value, words):
     ("midtrain.closed_book_frac", 2.0),
     ("evaluate.k", 0),
     ("rag_finetune.k", 0),
+    ("midtrain.drill_docs", 0),
     ("refrag_finetune.max_hops", 0),
     ("pretrain.batch_size", 0),
     ("pretrain.device", "tpu"),

@@ -118,7 +118,7 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
             shown |= {n for n in places if n in d["text"]}
     assert len(shown) > len(places) / 2  # the drills' answers are the KB's places, companies, universities
     assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
-    midtrain_p = {k: v for k, v in p.items() if k != "k"} | {"n_distractors": 1}
+    midtrain_p = {k: v for k, v in p.items() if k != "k"} | {"drill_docs": 2}
     assert all(len(c[1]["documents"]) == 2 for c in _drills(midtrain_p, kb, random.Random(0)))
 
 
