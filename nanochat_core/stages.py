@@ -204,7 +204,7 @@ def midtrain(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/bas
 def _drills(p, kb, rng):
     """p["drills"] reading drills over a second world: the real world's places, companies and
     universities, fresh people, new facts (rag.drill_world); p["drill_questions"] lookups each,
-    in blocks of p["drill_docs"] documents (midtrain) or the stage's own k (rag_finetune)."""
+    in blocks of p["drill_docs"] documents."""
     if not p["drills"]:
         return []
     names = {}
@@ -212,8 +212,7 @@ def _drills(p, kb, rng):
         if d.get("source") == "world":
             names.setdefault(d["metadata"]["entity_type"], []).append(d["title"])
     world = rag.drill_world(f"drill:{p['seed']}", names, n_people=p["drill_people"])
-    n_docs = p["k"] if "k" in p else p["drill_docs"]
-    return rag.world_drills(world, p["drills"], n_docs, p["drill_questions"], rng)
+    return rag.world_drills(world, p["drills"], p["drill_docs"], p["drill_questions"], rng)
 
 
 def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/mid", out_dir="checkpoints/rag",

@@ -106,20 +106,19 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
     kb = SimpleNamespace(docs=real.kb_documents())
     people = [d["title"].lower() for d in kb.docs if d["metadata"]["entity_type"] == "person"]
     places = {d["title"] for d in kb.docs if d["metadata"]["entity_type"] != "person"}
-    p = {"seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "k": 4}
+    p = {"seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "drill_docs": 4}
     convs = _drills(p, kb, random.Random(0))
     assert len(convs) == 25
     shown = set()
     for c in convs:
         docs = c[1]["documents"]
-        assert len(docs) == 4  # the stage's own k
+        assert len(docs) == 4  # drill_docs
         for d in docs:
             assert not any(d["title"].lower() in r or r in d["title"].lower() for r in people)
             shown |= {n for n in places if n in d["text"]}
     assert len(shown) > len(places) / 2  # the drills' answers are the KB's places, companies, universities
     assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
-    midtrain_p = {k: v for k, v in p.items() if k != "k"} | {"drill_docs": 2}
-    assert all(len(c[1]["documents"]) == 2 for c in _drills(midtrain_p, kb, random.Random(0)))
+    assert all(len(c[1]["documents"]) == 1 for c in _drills({**p, "drill_docs": 1}, kb, random.Random(0)))
 
 
 def test_refrag_single_shot_mix_keeps_abstention_examples(tmp_path, monkeypatch):
