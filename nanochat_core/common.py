@@ -1,4 +1,5 @@
 """Small shared helpers: atomic writes, hashing, where the reference data lives."""
+import difflib
 import hashlib
 import json
 import os
@@ -95,3 +96,9 @@ def git_commit(cwd=None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+def closest(key, valid):
+    """The valid name nearest to a mistyped `key` (for "did you mean" hints), or None."""
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.6)
+    return close[0] if close else None

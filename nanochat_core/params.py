@@ -11,12 +11,11 @@ Presets (presets/<name>.yaml) are partial overrides deep-merged into params.yaml
 `nanochat preset NAME`; a preset may start from another with `extends: NAME`.
 """
 import copy
-import difflib
 from pathlib import Path
 
 import yaml
 
-from nanochat_core.common import REPO_ROOT, atomic_write_text
+from nanochat_core.common import REPO_ROOT, atomic_write_text, closest
 from nanochat_core.data.prepare import DEFAULTS as DOCUMENTS_DEFAULTS
 from nanochat_core.data.prepare import QA_TYPES
 from nanochat_core.data.prepare import validate_params as validate_documents_params
@@ -143,8 +142,8 @@ class ParamsError(ValueError):
 
 
 def _did_you_mean(key, valid):
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`? " if close else ""
+    close = closest(key, valid)
+    return f"did you mean `{close}`? " if close else ""
 
 
 def _type_ok(value, default, path):

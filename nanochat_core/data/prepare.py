@@ -10,13 +10,12 @@ prepare_documents(params, out_dir) writes, each file atomically:
   out_dir/qa/{train,val,test}.jsonl  question records (schema in world.make_questions)
 and returns a summary dict for the caller to log. See world.py for the world's design.
 """
-import difflib
 import json
 import random
 import re
 from pathlib import Path
 
-from nanochat_core.common import atomic_write_text, sha256_file
+from nanochat_core.common import atomic_write_text, closest, sha256_file
 from nanochat_core.data import world as W
 from nanochat_core.data.documents import validate_documents, write_documents
 from nanochat_core.data.sources import load_source, python_docs, validate_source_spec
@@ -82,8 +81,8 @@ def _check(value, default, path):
             raise ValueError(f"{path}: expected a mapping, got {type(value).__name__} ({value!r})")  # noqa: TRY004
         for k in value:
             if k not in default:
-                close = difflib.get_close_matches(str(k), [str(d) for d in default], n=1, cutoff=0.6)
-                hint = f"; did you mean `{close[0]}`?" if close else ""
+                close = closest(k, default)
+                hint = f"; did you mean `{close}`?" if close else ""
                 raise ValueError(f"{path}.{k}: unknown key; valid keys are {', '.join(default)}{hint}")
         return {k: _check(value.get(k, dv), dv, f"{path}.{k}") for k, dv in default.items()}
     if isinstance(default, bool):
