@@ -130,6 +130,16 @@ def test_loss_mask_ignores_positions():
     y_masked[:, 5:] = -1
     full = model(x, y, reduction="none").view(2, 10)
     assert torch.allclose(model(x, y_masked), full[:, :5].mean())
+    # The training path runs the lm_head only on target positions: same loss, same gradients
+    # as the full-vocabulary path over every position.
+    model.zero_grad()
+    model(x, y_masked).backward()
+    sparse = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model(x, y_masked, reduction="none").view(2, 10)[:, :5].mean().backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(sparse[n], p.grad, atol=1e-6), n
 
 
 @pytest.mark.parametrize("kw,msg", [
