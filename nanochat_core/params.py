@@ -55,8 +55,7 @@ DEFAULTS = {
                  "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
                  "drill_docs": 1, "drill_people": 3000},
     "rag_finetune": {**TRAINING, "seed": 44, "max_len": 640, "k": 3, "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5,
-                     "question_types": ["single", "unanswerable"], "drills": 3000, "drill_questions": 1, "drill_docs": 2,
-                     "drill_people": 3000},
+                     "question_types": ["single", "unanswerable"], "drills": 3000, "drill_people": 3000},
     "refrag_finetune": {
         **TRAINING, "seed": 45, "max_len": 1024, "max_hops": 3, "k": 3, "retriever": "bm25",
         "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3,
@@ -101,9 +100,8 @@ _RULES = {
     "evaluate.device": _ONE_OF(DEVICES),
     "rag_finetune.k": _ge(1), "rag_finetune.abstain_frac": _FRACTION,
     "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
-    **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune")
-       for k, r in (("drills", _ge(0)), ("drill_questions", _ge(1)), ("drill_people", _ge(10)))},
-    "midtrain.drill_docs": _ge(1), "rag_finetune.drill_docs": _ge(1),
+    **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune") for k, r in (("drills", _ge(0)), ("drill_people", _ge(10)))},
+    "midtrain.drill_questions": _ge(1), "midtrain.drill_docs": _ge(1),
     "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),
     "rag_finetune.retriever": _ONE_OF(RETRIEVERS),

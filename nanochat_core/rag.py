@@ -149,6 +149,40 @@ def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):
     return convs
 
 
+def world_documents(world, rng):
+    """One KB document per entity of `world`, each in a random one of the three renderings."""
+    inverse = world._inverse(world.facts, frozenset())
+    return [{"id": e, "title": world.name(e), "text": world.render(e, rng.randrange(3), world.facts, inverse=inverse),
+             "source": "drill", "metadata": {"entity_type": world.entities[e].type}} for e in world.entities]
+
+
+def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
+    """n single-hop questions about random entities of `world`, each with the top-k of
+    `kb` (built from world_documents) as its documents block: the same format and the same
+    kind of distractors as the RAG stage's real conversations (the retriever ranks the
+    subject's document first most of the time; the others share the question's words, often
+    the subject's name). With probability abstain_frac the subject's document is left out, and the target is
+    to abstain: so the model must check whose document it reads, not just copy from [1]."""
+    asked_about = [s for s in world.entities if FORWARD[world.entities[s].type]]
+    asked = []
+    for _ in range(n):
+        s = asked_about[rng.randrange(len(asked_about))]
+        e = world.entities[s]
+        r = rng.choice(FORWARD[e.type])
+        asked.append((s, r, rng.choice(QUESTION_TEMPLATES[f"{e.type}.{r}"]).format(s=e.name)))
+    hits = retrieve(kb, [q for _, _, q in asked], k + 1, retriever)
+    convs = []
+    for (s, r, question), docs in zip(asked, hits):
+        if rng.random() < abstain_frac:
+            docs = [d for d in docs if d["id"] != s]
+        docs = docs[:k]
+        obj = world.facts[s].get(r)
+        answer = ABSTAIN if obj is None or s not in {d["id"] for d in docs} else world.name(obj)
+        convs.append([{"role": "user", "content": question}, {"role": "documents", "documents": docs},
+                      {"role": "assistant", "content": cited_answer(answer, docs, {s})}])
+    return convs
+
+
 def gold_reading_docs(qa, kb, n_distractors, rng):
     """The gold document of the last hop plus random distractors, shuffled (midtraining)."""
     gold_id = qa["gold_doc_ids"][-1][0]

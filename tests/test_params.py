@@ -101,7 +101,7 @@ def test_wrong_type_names_the_key(raw, path, value, words):
     ("evaluate.k", 0),
     ("rag_finetune.k", 0),
     ("midtrain.drill_docs", 0),
-    ("rag_finetune.drill_docs", 0),
+    ("rag_finetune.drill_people", 5),
     ("refrag_finetune.max_hops", 0),
     ("pretrain.batch_size", 0),
     ("pretrain.device", "tpu"),

@@ -1,6 +1,7 @@
 """RAG conversation building: cited targets, abstention when gold is missing, answer parsing,
 and the counterfactual swap drill."""
 import random
+import re
 
 import pytest
 
@@ -119,6 +120,44 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
     assert len(shown) > len(places) / 2  # the drills' answers are the KB's places, companies, universities
     assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
     assert all(len(c[1]["documents"]) == 1 for c in _drills({**p, "drill_docs": 1}, kb, random.Random(0)))
+
+
+def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
+    """The RAG stage's drills: the block is the drill world's own top-k (documents that
+    mention the subject, as real retrieval gives), the subject's document is usually first,
+    a left-out subject document means abstaining, and an answer is read from the cited one."""
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.stages import _retrieved_drills
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
+    p = {"seed": 1, "drills": 300, "drill_people": 100, "k": 3, "retriever": "bm25", "abstain_frac": 0.2}
+    convs = _retrieved_drills(p, kb, random.Random(0))
+    assert len(convs) == 300
+    first = abstained = left_out = distractors = naming = 0
+    for user, block, reply in convs:
+        docs = block["documents"]
+        assert user["role"] == "user" and block["role"] == "documents" and len(docs) <= 3  # BM25: score > 0 only
+        subject = [d for d in docs if d["title"] in user["content"]]
+        if reply["content"] == ABSTAIN:
+            abstained += 1
+            left_out += not subject
+            continue
+        text, cites = rag.parse_answer(reply["content"])
+        assert len(subject) == 1 and text in subject[0]["text"] and cites == [docs.index(subject[0]) + 1]
+        first += cites == [1]
+        name = set(subject[0]["title"].lower().split())
+        for d in docs:
+            if d is not subject[0]:
+                distractors += 1
+                naming += bool(name & set(re.findall(r"\w+", d["text"].lower())))
+    answered = len(convs) - abstained
+    assert first / answered > 0.8  # BM25 ranks the subject's document first, as on the real KB
+    assert 0.1 < left_out / len(convs) < 0.3  # abstain_frac (0.2) of blocks lack the subject
+    # Many distractors name the subject (a company it founded, a city's natives): the hard
+    # kind, which random documents rarely are (a name is in a few % of this world's docs).
+    assert naming / distractors > 0.3
+    assert _retrieved_drills({**p, "drills": 0}, kb, random.Random(0)) == []
 
 
 def test_refrag_single_shot_mix_keeps_abstention_examples(tmp_path, monkeypatch):

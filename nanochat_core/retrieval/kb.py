@@ -45,7 +45,8 @@ class KnowledgeBase:
 
     @classmethod
     def build(cls, docs, out_dir, retrievers=("bm25", "dense"), config=None):
-        """Indexes `docs` with each named retriever ("all" = tfidf, bm25, dense) and saves to out_dir.
+        """Indexes `docs` with each named retriever ("all" = tfidf, bm25, dense) and saves to out_dir
+        (out_dir None: an in-memory KB, nothing written).
 
         config (all optional): {"bm25": {"k1": 1.2, ...}, "tfidf": {...}, "dense": {"model": ...,
         "index": "flat"|"hnsw"|"ivf", ...}, "hybrid": {"retrievers": [...], "weights": {...}, "k_rrf": 60}}
@@ -57,8 +58,9 @@ class KnowledgeBase:
         if bad or not retrievers:
             raise ValueError(f"a KB holds retrievers from {list(ALL_RETRIEVERS)} (hybrid fuses them at query "
                              f"time); got {bad or retrievers}")
-        out = Path(out_dir)
-        _check_target(out)  # before indexing, which may take minutes
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            _check_target(out)  # before indexing, which may take minutes
         config = dict(config or {})
         docs = validate_documents(docs)
         if not docs:
@@ -67,7 +69,8 @@ class KnowledgeBase:
         for name in retrievers:
             built[name] = make_retriever(name, config).index(docs)
         kb = cls(out, docs, built, config)
-        kb.save()
+        if out is not None:
+            kb.save()
         return kb
 
     @classmethod
