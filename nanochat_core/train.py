@@ -87,17 +87,26 @@ class TokenStream:
 
 class ConversationBatches:
     """Fine-tuning batches from rendered conversations [(ids, mask)]: loss only where mask is
-    1 (the assistant's own tokens), right-padded to the longest row in the batch."""
+    1 (the assistant's own tokens), right-padded to the longest row in the batch.
+
+    A batch is a run of neighbours in length order (circular, from a random start), so it
+    pads to about its rows' own length: drawn at random, a mix of short drills and
+    3-document conversations padded most rows to 2-3x their length. On the circle every row
+    sits in exactly batch_size runs, so each is drawn equally often, as before."""
 
     def __init__(self, rendered, max_len, pad_id=0):
         if not rendered:
             raise ValueError("no training conversations were rendered; check the QA files and the stage params")
         self.rows = [(ids[:max_len + 1], mask[:max_len + 1]) for ids, mask in rendered]
         self.pad_id = pad_id
+        # Ties in length broken at random (fixed seed), so a run of equal lengths mixes sources.
+        tie = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(0)).tolist()
+        self.order = sorted(range(len(self.rows)), key=lambda i: (len(self.rows[i][0]), tie[i]))
 
     def __call__(self, seed, step, micro, batch_size):
         g = torch.Generator().manual_seed(_batch_seed(seed, step, micro))
-        pick = torch.randint(0, len(self.rows), (batch_size,), generator=g).tolist()
+        start = int(torch.randint(0, len(self.rows), (1,), generator=g))
+        pick = [self.order[(start + j) % len(self.rows)] for j in range(batch_size)]
         T = max(len(self.rows[i][0]) for i in pick) - 1
         x = torch.full((batch_size, T), self.pad_id, dtype=torch.long)
         y = torch.full((batch_size, T), -1, dtype=torch.long)

@@ -87,6 +87,25 @@ def test_conversation_batches_mask_only_assistant_tokens():
     assert y[0].tolist() == [-1, -1, 4, 5, -1]
 
 
+def test_conversation_batches_pad_little_and_draw_every_row_equally():
+    # Half short drills, half long conversations, interleaved: random batches would pad
+    # nearly every row to the long length (1.8x the real tokens); length-ordered runs only
+    # mix lengths where the order wraps from short to long.
+    rows = [([i + 1] * (6 if i % 2 else 51), [1] * (6 if i % 2 else 51)) for i in range(100)]
+    batches = ConversationBatches(rows, max_len=100, pad_id=0)
+    counts, padded, real = [0] * 100, 0, 0
+    for step in range(2000):
+        x, y = batches(3, step, 0, 8)
+        padded += x.numel()
+        real += int((y != -1).sum())
+        for row in x[:, 0].tolist():
+            counts[row - 1] += 1
+    assert padded / real < 1.3
+    assert max(counts) / min(counts) < 1.6  # ~160 draws each: uniform up to sampling noise
+    # the same (seed, step) gives the same batch: a resumed run replays the same data
+    assert torch.equal(batches(3, 7, 0, 8)[0], batches(3, 7, 0, 8)[0])
+
+
 def test_too_short_corpus_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one sequence"):
         TokenStream(torch.arange(10), 16)
