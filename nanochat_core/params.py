@@ -58,7 +58,7 @@ DEFAULTS = {
                      "question_types": ["single", "unanswerable"], "drills": 3000, "drill_people": 3000},
     "refrag_finetune": {
         **TRAINING, "seed": 45, "max_len": 1024, "max_hops": 3, "k": 3, "retriever": "bm25",
-        "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3,
+        "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3, "drills": 2500, "drill_people": 3000,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 50, "k": 3, "max_hops": 3, "max_new_tokens": 48, "batch_size": 16,
@@ -100,7 +100,8 @@ _RULES = {
     "evaluate.device": _ONE_OF(DEVICES),
     "rag_finetune.k": _ge(1), "rag_finetune.abstain_frac": _FRACTION,
     "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
-    **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune") for k, r in (("drills", _ge(0)), ("drill_people", _ge(10)))},
+    **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune", "refrag_finetune")
+       for k, r in (("drills", _ge(0)), ("drill_people", _ge(10)))},
     "midtrain.drill_questions": _ge(1), "midtrain.drill_docs": _ge(1),
     "midtrain.max_len": _ge(16), "rag_finetune.max_len": _ge(16), "refrag_finetune.max_len": _ge(16),
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),

@@ -219,17 +219,37 @@ def _drills(p, kb, rng):
     return rag.world_drills(_drill_world(p, kb), p["drills"], p["drill_docs"], p["drill_questions"], rng)
 
 
+def _drill_kb(p, kb, rng):
+    """The drill world and its own KB, indexed like the real one (in memory)."""
+    from nanochat_core.retrieval import KnowledgeBase
+    world = _drill_world(p, kb)
+    return world, KnowledgeBase.build(rag.world_documents(world, rng), None, list(kb.retrievers), kb.config)
+
+
 def _retrieved_drills(p, kb, rng):
     """The RAG stage's p["drills"]: questions about the drill world with the top-k of its own
-    KB (indexed like the real one) as the block. Measured: after midtraining's one-document
-    drills, these lift held-out RAG EM at k=3 far more than random multi-document blocks,
-    because the distractors are the real kind (documents that mention the subject)."""
-    from nanochat_core.retrieval import KnowledgeBase
+    KB as the block. Measured: after midtraining's one-document drills, these lift held-out
+    RAG EM at k=3 far more than random multi-document blocks, because the distractors are
+    the real kind (documents sharing the question's words)."""
     if not p["drills"]:
         return []
-    world = _drill_world(p, kb)
-    drill_kb = KnowledgeBase.build(rag.world_documents(world, rng), None, list(kb.retrievers), kb.config)
+    world, drill_kb = _drill_kb(p, kb, rng)
     return rag.retrieved_drills(world, drill_kb, p["drills"], p["k"], p["retriever"], rng, p["abstain_frac"])
+
+
+def _trajectory_drills(p, kb, rng):
+    """REFRAG's p["drills"]: gold search trajectories for the drill world's questions over its
+    own KB. Its people are new, so a search must copy the name from the question or the
+    documents; trained on the real train people alone, the model searched for names it
+    remembered and never for a held-out one."""
+    from nanochat_core.data.world import question_pools
+    if not p["drills"]:
+        return []
+    world, drill_kb = _drill_kb(p, kb, rng)
+    qs = [q for (_, t), recs in sorted(question_pools(world, p["seed"]).items()) if t in p["question_types"]
+          for q in recs]
+    picked = [qs[rng.randrange(len(qs))] for _ in range(p["drills"])]
+    return [rag.trajectory_conversation(q, drill_kb, p["k"], p["retriever"]) for q in picked]
 
 
 def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints/mid", out_dir="checkpoints/rag",
@@ -277,5 +297,6 @@ def refrag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoi
         picked = [single[rng.randrange(len(single))] for _ in range(n_rag)]
         docs = rag.retrieve(kb, [q["question"] for q in picked], p["k"], p["retriever"])
         convs += [rag.reading_conversation(q, d) for q, d in zip(picked, docs)]
+    convs += _trajectory_drills(p, kb, rng)
     return _finetune("refrag_finetune", parent, out_dir, convs, params, log,
                      {"qa_train": Path(qa_dir) / "train.jsonl", "kb": kb_dir})

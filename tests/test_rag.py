@@ -160,6 +160,36 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
     assert _retrieved_drills({**p, "drills": 0}, kb, random.Random(0)) == []
 
 
+def test_trajectory_drills_search_for_names_they_can_copy():
+    """REFRAG's drills: gold trajectories over the drill world's KB. Every search names
+    something the model has just read (the question, or the last documents block), never a
+    real person, and the answer is in the last block: copying, not recall, solves them."""
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.stages import _trajectory_drills
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
+    people = {d["title"] for d in kb.docs if d["metadata"]["entity_type"] == "person"}
+    p = {"seed": 1, "drills": 200, "drill_people": 100, "k": 3, "retriever": "bm25",
+         "question_types": ["2hop", "3hop"]}
+    convs = _trajectory_drills(p, kb, random.Random(0))
+    assert len(convs) == 200
+    for c in convs:
+        assert c[0]["role"] == "user" and c[-1]["role"] == "assistant"
+        searches = [m["content"] for m in c if m["role"] == "search"]
+        assert len(searches) in (2, 3) and searches[0] in c[0]["content"]
+        assert not set(searches) & people
+        seen = c[0]["content"]
+        for m in c[1:-1]:
+            if m["role"] == "search":
+                assert m["content"] in seen
+            else:
+                seen = " ".join(d["title"] + " " + d["text"] for d in m["documents"])
+        answer, cites = rag.parse_answer(c[-1]["content"])
+        assert answer in seen and cites
+    assert _trajectory_drills({**p, "drills": 0}, kb, random.Random(0)) == []
+
+
 def test_refrag_single_shot_mix_keeps_abstention_examples(tmp_path, monkeypatch):
     """REFRAG's single-shot RAG share draws unanswerable questions too; without them the
     stage unlearned abstaining (measured: 0.78 -> 0.00 on unanswerables)."""
