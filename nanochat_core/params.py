@@ -55,7 +55,7 @@ DEFAULTS = {
                  "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
                  "drill_docs": 1, "drill_people": 3000},
     "rag_finetune": {**TRAINING, "seed": 44, "max_len": 640, "k": 3, "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5,
-                     "question_types": ["single", "unanswerable"], "drills": 3000, "drill_people": 3000},
+                     "question_types": ["single", "unanswerable"], "drills": 6000, "drill_people": 3000},
     "refrag_finetune": {
         **TRAINING, "seed": 45, "max_len": 1024, "max_hops": 3, "k": 3, "retriever": "bm25",
         "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3, "drills": 2500, "drill_people": 3000,

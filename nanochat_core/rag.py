@@ -161,8 +161,8 @@ def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
     `kb` (built from world_documents) as its documents block: the same format and the same
     kind of distractors as the RAG stage's real conversations (the retriever ranks the
     subject's document first most of the time; the others share the question's words, often
-    the subject's name). With probability abstain_frac the subject's document is left out, and the target is
-    to abstain: so the model must check whose document it reads, not just copy from [1]."""
+    the subject's name). With probability abstain_frac the subject's document is left out and
+    the target is to abstain: the model must check whose document it reads, not just copy [1]."""
     asked_about = [s for s in world.entities if FORWARD[world.entities[s].type]]
     asked = []
     for _ in range(n):

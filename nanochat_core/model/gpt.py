@@ -157,7 +157,7 @@ class GPT(nn.Module):
             cache.length += T
         if targets is not None and reduction == "mean":
             # Fine-tuning trains on the answer only (a few % of positions): run the lm_head and
-            # the softmax just there. At this width that is a third of a fine-tuning step.
+            # the softmax just there; over every document token they were a large share of a step.
             keep = targets.reshape(-1) != -1
             x, targets = x.reshape(-1, x.size(-1))[keep], targets.reshape(-1)[keep]
         logits = self.lm_head(x).float()
