@@ -123,9 +123,9 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
 
 
 def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
-    """The RAG stage's drills: the block is the drill world's own top-k (documents that
-    mention the subject, as real retrieval gives), the subject's document is usually first,
-    a left-out subject document means abstaining, and an answer is read from the cited one."""
+    """The RAG stage's drills: the block is the drill world's own top-k (documents sharing the
+    question's words, as real retrieval gives), the subject's document is usually first, a
+    left-out subject document means abstaining, and an answer is read from the cited one."""
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.stages import _retrieved_drills
