@@ -156,6 +156,18 @@ def world_documents(world, rng):
              "source": "drill", "metadata": {"entity_type": world.entities[e].type}} for e in world.entities]
 
 
+def retrieved_blocks(kb, questions, gold_ids, k, retriever, abstain_frac, rng):
+    """The top-k for each question. With probability abstain_frac the question's gold
+    documents (`gold_ids`, one set per question) are taken out and the next hits fill their
+    place, so the right answer becomes to abstain. One search for k + 3 hits serves both."""
+    blocks = []
+    for hits, gold in zip(retrieve(kb, questions, k + 3, retriever), gold_ids):
+        if rng.random() < abstain_frac:
+            hits = [d for d in hits if d["id"] not in gold]
+        blocks.append(hits[:k])
+    return blocks
+
+
 def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
     """n single-hop questions about random entities of `world`, each with the top-k of
     `kb` (built from world_documents) as its documents block: the same format and the same
@@ -164,23 +176,17 @@ def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
     the subject's name). With probability abstain_frac the subject's document is left out and
     the target is to abstain: the model must check whose document it reads, not just copy [1]."""
     asked_about = [s for s in world.entities if FORWARD[world.entities[s].type]]
-    asked = []
+    qas = []
     for _ in range(n):
         s = asked_about[rng.randrange(len(asked_about))]
         e = world.entities[s]
         r = rng.choice(FORWARD[e.type])
-        asked.append((s, r, rng.choice(QUESTION_TEMPLATES[f"{e.type}.{r}"]).format(s=e.name)))
-    hits = retrieve(kb, [q for _, _, q in asked], k + 1, retriever)
-    convs = []
-    for (s, r, question), docs in zip(asked, hits):
-        if rng.random() < abstain_frac:
-            docs = [d for d in docs if d["id"] != s]
-        docs = docs[:k]
         obj = world.facts[s].get(r)
-        answer = ABSTAIN if obj is None or s not in {d["id"] for d in docs} else world.name(obj)
-        convs.append([{"role": "user", "content": question}, {"role": "documents", "documents": docs},
-                      {"role": "assistant", "content": cited_answer(answer, docs, {s})}])
-    return convs
+        qas.append({"question": rng.choice(QUESTION_TEMPLATES[f"{e.type}.{r}"]).format(s=e.name),
+                    "answers": [ABSTAIN if obj is None else world.name(obj)], "gold_doc_ids": [[s]]})
+    blocks = retrieved_blocks(kb, [q["question"] for q in qas], [set(q["gold_doc_ids"][-1]) for q in qas],
+                              k, retriever, abstain_frac, rng)
+    return [reading_conversation(q, docs) for q, docs in zip(qas, blocks)]
 
 
 def gold_reading_docs(qa, kb, n_distractors, rng):

@@ -260,16 +260,11 @@ def rag_finetune(params, qa_dir="data/qa", kb_dir="data/kb", parent="checkpoints
     p = params["rag_finetune"]
     kb = KnowledgeBase.load(kb_dir)
     qa = [q for q in read_jsonl(Path(qa_dir) / "train.jsonl") if q["type"] in p["question_types"]]
-    # Abstention practice: for a share of questions, the gold document is taken out of the
-    # block (the next hit fills its place), so the target becomes "The sources do not say."
-    # One search for k + 3 hits serves both: its first k are the block.
-    extra = rag.retrieve(kb, [q["question"] for q in qa], p["k"] + 3, p["retriever"])
-    docs = [hits[:p["k"]] for hits in extra]
+    # Abstention practice: for a share of questions the gold document is taken out of the
+    # block, so the target becomes "The sources do not say."
     rng = random.Random(p["seed"])
-    for i, q in enumerate(qa):
-        if rng.random() < p["abstain_frac"]:
-            gold = set(q["gold_doc_ids"][-1])
-            docs[i] = [d for d in extra[i] if d["id"] not in gold][:p["k"]]
+    docs = rag.retrieved_blocks(kb, [q["question"] for q in qa], [set(q["gold_doc_ids"][-1]) for q in qa],
+                                p["k"], p["retriever"], p["abstain_frac"], rng)
     pool = rag.answer_pool(qa)
     for i, q in enumerate(qa):
         if rng.random() < p["swap_frac"]:
