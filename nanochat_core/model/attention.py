@@ -45,31 +45,31 @@ class CausalSelfAttention(nn.Module):
         {"k", "v"} preallocated (B, Hkv, Tmax, hd) plus the shared "len" and "valid" of the
         InferenceCache (see cache.py)."""
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, hd)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)  # k, v: (B, T, Hkv, hd)
         cos, sin = cos_sin
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm keeps attention logits bounded
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # q (B, H, T, hd); k, v (B, Hkv, T, hd)
 
         if cache is None:
             if valid is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_head != self.n_kv_head)
             else:
-                mask = _causal_mask(valid, valid, 0)
+                mask = _causal_mask(valid, valid, 0)  # (B, 1, T, T)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_head != self.n_kv_head)
         else:
             start = cache.length
             layer = cache.layers[self.layer_idx]
             layer["k"][:, :, start:start + T] = k
             layer["v"][:, :, start:start + T] = v
-            K, V = layer["k"][:, :, :start + T], layer["v"][:, :, :start + T]
+            K, V = layer["k"][:, :, :start + T], layer["v"][:, :, :start + T]  # (B, Hkv, start+T, hd)
             key_valid = cache.valid[:, :start + T]
-            mask = _causal_mask(key_valid[:, start:start + T], key_valid, start)
+            mask = _causal_mask(key_valid[:, start:start + T], key_valid, start)  # (B, 1, T, start+T)
             y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask, enable_gqa=self.n_head != self.n_kv_head)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, hd) -> (B, T, C), heads side by side
+        return self.c_proj(y)  # (B, T, C)
 
 
 def _causal_mask(q_valid, k_valid, q_offset):

@@ -2,6 +2,7 @@
 with pre-norm residuals. A pure-"T" pattern is plain nanochat: RoPE, QK-norm, untied
 embeddings, parameter-free RMSNorm, no biases, GQA and a logit softcap.
 """
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -78,7 +79,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        h = F.relu(self.c_fc(x)).square()  # (B, T, mlp_ratio * C)
+        return self.c_proj(h)  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -108,25 +110,64 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(config.vocab_size, config.n_embd),
-            "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-        })
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Build on the meta device (no memory, no random draws), then allocate where the caller
+        # builds (the default device) and let init_weights draw every value: the initial weights
+        # are decided in one place, as a function of the torch seed alone.
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self.transformer = nn.ModuleDict({
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            })
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.to_empty(device=device)
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self):
-        # nanochat's scheme: embeddings N(0, 1), a near-zero lm_head, and every residual
-        # branch's output projection at zero so each layer starts as the identity.
-        nn.init.normal_(self.transformer.wte.weight, std=1.0)
-        nn.init.normal_(self.lm_head.weight, std=0.001)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and m is not self.lm_head and not name.endswith("dt_proj"):
-                if name.endswith("c_proj") or name.endswith("out_proj"):
-                    nn.init.zeros_(m.weight)
-                else:
-                    nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+        """Set every parameter, by name. GPT() calls this once; calling it again after the same
+        torch.manual_seed gives the same weights. Two passes over the RNG stream, in this order:
+        1) PyTorch's default init of each module in construction order, then mamba_ssm's SSM
+           init. Only conv1d and the SSM parameters keep these values. The rest are drawn only
+           to keep the RNG stream of earlier versions (whose modules initialized themselves as
+           they were built), so a seed still gives bit-identical weights.
+        2) nanochat's scheme: embeddings N(0, 1), a near-zero lm_head, input projections
+           N(0, 1/fan_in), and every residual branch's output projection at zero so each layer
+           starts as the identity."""
+        wte, lm_head, mamba1 = self.transformer.wte, self.lm_head, self.config.ssm == "mamba1"
+        # 1) Construction-order defaults: kaiming-uniform weights, uniform biases, wte N(0, 1).
+        wte.reset_parameters()
+        for block in self.transformer.h:
+            m = block.mixer
+            if block.kind == "T":
+                modules = [m.c_q, m.c_k, m.c_v, m.c_proj]
+            elif mamba1:
+                modules = [m.in_proj, m.conv1d, m.x_proj, m.dt_proj, m.out_proj]
+            else:
+                modules = [m.in_proj, m.conv1d, m.out_proj]
+            for mod in modules:
+                mod.reset_parameters()
+            if block.kind == "M":
+                # mamba_ssm's init (mamba.py): dt = softplus(bias) log-uniform in [1e-3, 0.1] (Mamba1
+                # dt_proj.bias, Mamba2 dt_bias), Mamba1 dt_proj.weight U(+-dt_rank^-0.5); A_log = log of
+                # 1..d_state (Mamba1) or of U(1, 16) per head (Mamba2); D = 1; Mamba2 norm.weight = 1.
+                m.reset_ssm_parameters()
+            block.mlp.c_fc.reset_parameters()
+            block.mlp.c_proj.reset_parameters()
+        lm_head.reset_parameters()
+        # 2) nanochat's scheme over the matrices; conv1d, dt_proj and the SSM vectors keep 1).
+        nn.init.normal_(wte.weight, std=1.0)
+        nn.init.normal_(lm_head.weight, std=0.001)
+        for block in self.transformer.h:
+            m = block.mixer
+            if block.kind == "T":
+                inputs, output = [m.c_q, m.c_k, m.c_v], m.c_proj
+            else:
+                inputs, output = ([m.in_proj, m.x_proj] if mamba1 else [m.in_proj]), m.out_proj
+            for lin in inputs + [block.mlp.c_fc]:
+                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5)
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -145,13 +186,13 @@ class GPT(nn.Module):
             if cache.length > 0:
                 valid = None  # only padding (in the prefill) needs masking in the Mamba inputs
         elif valid is not None:
-            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+            positions = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T), 0 at the first real token
         else:
             positions = torch.arange(T, device=idx.device)[None].expand(B, T)
-        cos_sin = rotary_cos_sin(positions, self.config.n_embd // self.config.n_head)
-        x = norm(self.transformer.wte(idx))
+        cos_sin = rotary_cos_sin(positions, self.config.n_embd // self.config.n_head)  # cos, sin: (B, T, 1, hd/2)
+        x = norm(self.transformer.wte(idx))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, cos_sin, valid, cache)
+            x = block(x, cos_sin, valid, cache)  # (B, T, C) through every layer
         x = norm(x)
         if cache is not None:
             cache.length += T
@@ -159,15 +200,15 @@ class GPT(nn.Module):
             # Fine-tuning trains on the answer only (a few % of positions): run the lm_head and
             # the softmax just there; over every document token they were a large share of a step.
             keep = targets.reshape(-1) != -1
-            x, targets = x.reshape(-1, x.size(-1))[keep], targets.reshape(-1)[keep]
-        logits = self.lm_head(x).float()
+            x, targets = x.reshape(-1, x.size(-1))[keep], targets.reshape(-1)[keep]  # (N, C), (N,)
+        logits = self.lm_head(x).float()  # (B, T, V), or (N, V) for the N target positions
         c = self.config.softcap
         if c:
             logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction="sum" if reduction == "mean" else reduction)
+                               reduction="sum" if reduction == "mean" else reduction)  # (B*T,) for "none", else ()
         if reduction == "mean":  # a batch with no target tokens gives 0, not 0/0 = NaN
             loss = loss / (targets != -1).sum().clamp(min=1)
         return loss
@@ -188,6 +229,17 @@ class GPT(nn.Module):
             {"params": other, "lr": scalar_lr * scale},
         ]
         adam_groups = [g for g in adam_groups if g["params"]]
+        # Every parameter in exactly one group: one left out would silently never train, one in
+        # two groups (or in both AdamW and Muon, which torch does not notice) would step twice.
+        groups = [g["params"] for g in adam_groups] + [matrix]
+        names = {p: n for n, p in self.named_parameters()}
+        seen = Counter(p for g in groups for p in g)
+        dup = sorted(names.get(p, "<not a model parameter>") for p, k in seen.items() if k > 1)
+        missing = sorted(n for p, n in names.items() if p not in seen)
+        n_groups, n_model = sum(p.numel() for g in groups for p in g), sum(p.numel() for p in self.parameters())
+        assert n_groups == n_model and not dup and not missing, (
+            f"optimizer groups hold {n_groups:,} parameter elements but the model has {n_model:,}; "
+            f"in more than one group: {dup}; in no group: {missing}")
         adamw = torch.optim.AdamW(adam_groups, betas=betas, eps=1e-10, weight_decay=weight_decay)
         opts = [adamw]
         if matrix:

@@ -159,10 +159,12 @@ class Mamba1(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self.reset_ssm_parameters()
+        self.reset_ssm_parameters()  # standalone use; in a GPT, GPT.init_weights sets every parameter
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
+        # mamba_ssm's init: dt_proj.weight U(+-dt_rank^-0.5), its bias the inverse softplus of a log-uniform dt,
+        # A = -(1..d_state) per channel (S4D-real), D = 1 (a plain skip connection).
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
         self.dt_proj.bias.copy_(_inv_softplus_dt(self.d_inner))
@@ -179,25 +181,25 @@ class Mamba1(nn.Module):
         b, L, _ = u.shape
         if state is not None and L == 1:
             return self.step(u, state)
-        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d_inner) each
         if valid is not None:  # padding must not touch the state: zero its conv input (and dt below)
             x = x * valid[..., None]
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         fused = _mamba_ssm() if (u.is_cuda and state is None and valid is None) else False
         if fused:
-            xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (b, d, l)
-            dbl = self.x_proj(xc.transpose(1, 2))
+            xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (b, d_inner, l): the kernel is channels-first
+            dbl = self.x_proj(xc.transpose(1, 2))  # (b, l, dt_rank + 2 d_state)
             dt, Bm, Cm = torch.split(dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = self.dt_proj.weight @ dt.transpose(1, 2)
+            dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l); bias and softplus are fused
             y = fused["selective_scan_fn"](xc, dt, A, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(),
                                            self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
                                            delta_softplus=True)
-            return self.out_proj(y.transpose(1, 2))
+            return self.out_proj(y.transpose(1, 2))  # y (b, d_inner, l) -> (b, l, d_model)
         conv_state = state["conv"] if state is not None else x.new_zeros(b, self.d_inner, self.d_conv)
         xc, new_conv = _conv_with_state(x, self.conv1d.weight, self.conv1d.bias, conv_state)
-        xc = F.silu(xc)
-        dt, Bm, Cm = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))
+        xc = F.silu(xc)  # (b, l, d_inner)
+        dt, Bm, Cm = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # Bm, Cm: (b, l, d_state)
+        dt = F.softplus(self.dt_proj(dt))  # (b, l, dt_rank) -> (b, l, d_inner)
         if valid is not None:
             dt = dt * valid[..., None]
         h0 = state["ssm"] if state is not None else None
@@ -207,24 +209,24 @@ class Mamba1(nn.Module):
             y, ssm = torch.utils.checkpoint.checkpoint(selective_scan, xc, dt, A, Bm, Cm, self.D, z, h0,
                                                        self.chunk_size, use_reentrant=False)
         else:
-            y, ssm = selective_scan(xc, dt, A, Bm, Cm, self.D, z, h0, self.chunk_size)
+            y, ssm = selective_scan(xc, dt, A, Bm, Cm, self.D, z, h0, self.chunk_size)  # (b, l, d_inner), (b, d_inner, d_state)
         if state is not None:
             state["conv"], state["ssm"] = new_conv, ssm
-        return self.out_proj(y)
+        return self.out_proj(y)  # (b, l, d_model)
 
     def step(self, u, state):
         """One token: O(1) in the context length."""
-        x, z = self.in_proj(u[:, 0]).chunk(2, dim=-1)  # (b, d)
-        conv = torch.cat([state["conv"][..., 1:], x[..., None]], dim=-1)
-        xc = F.silu((conv * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        x, z = self.in_proj(u[:, 0]).chunk(2, dim=-1)  # (b, d_inner) each
+        conv = torch.cat([state["conv"][..., 1:], x[..., None]], dim=-1)  # (b, d_inner, d_conv)
+        xc = F.silu((conv * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (b, d_inner)
         dt, Bm, Cm = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))
         A = -torch.exp(self.A_log.float())
-        ssm = state["ssm"] * torch.exp(dt[..., None] * A) + (dt * xc)[..., None] * Bm[:, None, :]
-        y = torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc
+        ssm = state["ssm"] * torch.exp(dt[..., None] * A) + (dt * xc)[..., None] * Bm[:, None, :]  # (b, d_inner, d_state)
+        y = torch.einsum("bdn,bn->bd", ssm, Cm) + self.D * xc  # (b, d_inner)
         y = y * F.silu(z)
         state["conv"], state["ssm"] = conv, ssm
-        return self.out_proj(y)[:, None]
+        return self.out_proj(y)[:, None]  # (b, 1, d_model)
 
 
 class Mamba2(nn.Module):
@@ -244,10 +246,11 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(self.nheads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self.reset_ssm_parameters()
+        self.reset_ssm_parameters()  # standalone use; in a GPT, GPT.init_weights sets every parameter
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
+        # mamba_ssm's Mamba2 init: dt_bias as in Mamba1, one A per head from U(1, 16), D = 1, norm = 1.
         self.dt_bias.copy_(_inv_softplus_dt(self.nheads))
         self.A_log.copy_(torch.log(torch.empty(self.nheads).uniform_(1, 16)))
         self.D.fill_(1.0)
@@ -261,19 +264,20 @@ class Mamba2(nn.Module):
         return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
     def forward(self, u, valid=None, state=None):
+        """u: (b, l, d_model); valid and state as in Mamba1."""
         b, L, _ = u.shape
         if state is not None and L == 1:
             return self.step(u, state)
-        z, xBC, dt = self._split(self.in_proj(u))
+        z, xBC, dt = self._split(self.in_proj(u))  # (b, l, d_inner), (b, l, conv_dim), (b, l, nheads)
         if valid is not None:
             xBC = xBC * valid[..., None]
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.float())  # (nheads,): one scalar decay per head
         conv_state = state["conv"] if state is not None else xBC.new_zeros(b, self.conv_dim, self.d_conv)
         xBC, new_conv = _conv_with_state(xBC, self.conv1d.weight, self.conv1d.bias, conv_state)
         xBC = F.silu(xBC)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        x = x.view(b, L, self.nheads, self.headdim)
-        Bm = Bm.view(b, L, self.ngroups, self.d_state)
+        x = x.view(b, L, self.nheads, self.headdim)  # (b, l, h, p)
+        Bm = Bm.view(b, L, self.ngroups, self.d_state)  # Bm, Cm: (b, l, g, n)
         Cm = Cm.view(b, L, self.ngroups, self.d_state)
         fused = _mamba_ssm() if (u.is_cuda and state is None and valid is None) else False
         if fused:
@@ -283,29 +287,29 @@ class Mamba2(nn.Module):
             dt = F.softplus(dt + self.dt_bias)
             if valid is not None:
                 dt = dt * valid[..., None]
-            y, ssm = ssd_scan(x, dt, A, Bm, Cm, self.chunk_size, self.D, state["ssm"] if state is not None else None)
+            y, ssm = ssd_scan(x, dt, A, Bm, Cm, self.chunk_size, self.D, state["ssm"] if state is not None else None)  # (b, l, h, p)
             if state is not None:
                 state["conv"], state["ssm"] = new_conv, ssm
-        y = self.norm(y.reshape(b, L, self.d_inner), z)
-        return self.out_proj(y)
+        y = self.norm(y.reshape(b, L, self.d_inner), z)  # (b, l, d_inner), heads side by side
+        return self.out_proj(y)  # (b, l, d_model)
 
     def step(self, u, state):
-        z, xBC, dt = self._split(self.in_proj(u[:, 0]))
-        conv = torch.cat([state["conv"][..., 1:], xBC[..., None]], dim=-1)
-        xBC = F.silu((conv * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        z, xBC, dt = self._split(self.in_proj(u[:, 0]))  # (b, d_inner), (b, conv_dim), (b, h)
+        conv = torch.cat([state["conv"][..., 1:], xBC[..., None]], dim=-1)  # (b, conv_dim, d_conv)
+        xBC = F.silu((conv * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (b, conv_dim)
         x, Bm, Cm = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         b = x.shape[0]
-        x = x.view(b, self.nheads, self.headdim)
+        x = x.view(b, self.nheads, self.headdim)  # (b, h, p)
         rep = self.nheads // self.ngroups
         Bm = Bm.view(b, self.ngroups, self.d_state).repeat_interleave(rep, dim=1)  # (b, h, n)
         Cm = Cm.view(b, self.ngroups, self.d_state).repeat_interleave(rep, dim=1)
         dt = F.softplus(dt + self.dt_bias)  # (b, h)
         A = -torch.exp(self.A_log.float())
-        ssm = state["ssm"] * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]
-        y = torch.einsum("bhpn,bhn->bhp", ssm, Cm) + self.D[:, None] * x
+        ssm = state["ssm"] * torch.exp(dt * A)[..., None, None] + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]  # (b, h, p, n)
+        y = torch.einsum("bhpn,bhn->bhp", ssm, Cm) + self.D[:, None] * x  # (b, h, p)
         state["conv"], state["ssm"] = conv, ssm
-        y = self.norm(y.reshape(b, 1, self.d_inner), z[:, None])
-        return self.out_proj(y)
+        y = self.norm(y.reshape(b, 1, self.d_inner), z[:, None])  # (b, 1, d_inner)
+        return self.out_proj(y)  # (b, 1, d_model)
 
 
 class GatedRMSNorm(nn.Module):
