@@ -3,7 +3,7 @@
 
     python -m benchmarks.model [--quick] [--device cpu|cuda]
 
-Writes reports/bench/model.json. Each (config, length) runs in its own subprocess so peak
+Writes benchmarks/results/model.json. Each (config, length) runs in its own subprocess so peak
 memory (ru_maxrss on CPU, max_memory_allocated on CUDA) belongs to that run alone.
 Targets, checked as ratios from this one run:
   - at L=4096, M-only (mamba2) fwd+bwd tokens/s >= 1.5x T-only
@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks import report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json
 from nanochat_core.model import GPT, GPTConfig, InferenceCache
 from nanochat_core.model.mamba import _mamba_ssm
@@ -123,7 +124,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="L=256,1024 only and fewer iterations (a smoke run)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--mamba1-long", action="store_true", help="also run Mamba-1 at L=4096 on CPU (~20 GB)")
-    ap.add_argument("--out", default=str(REPO_ROOT / "reports" / "bench" / "model.json"))
+    ap.add_argument("--out", default=str(report_path("model")))
     ap.add_argument("--child", choices=["train", "decode"], dest="mode")
     ap.add_argument("--name")
     ap.add_argument("--n-embd", type=int)

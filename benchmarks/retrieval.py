@@ -1,6 +1,6 @@
 """Retrieval benchmark on BEIR SciFact: build time, queries/s, peak memory, nDCG@10.
 
-    python -m benchmarks.retrieval [--data DIR] [--out reports/bench/retrieval.json] [--no-dense]
+    python -m benchmarks.retrieval [--data DIR] [--out benchmarks/results/retrieval.json] [--no-dense]
 
 BM25 speed is a ratio taken in one process on one machine: ours (bm25s) vs rank_bm25.BM25Okapi,
 both in the same formula (our rank-bm25-equivalent configuration), same tokens, top 10.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env, reference_data_dir
+from benchmarks import reference_data_dir, report_path
+from nanochat_core.common import atomic_write_json, offline_env
 from nanochat_core.metrics import evaluate_run
 from nanochat_core.retrieval import BM25Retriever, DenseRetriever, HybridRetriever, TfidfRetriever
 from nanochat_core.retrieval.base import doc_text, tokenize
@@ -47,7 +48,7 @@ def ndcg10(results, qids, qrels):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(reference_data_dir() / "beir" / "scifact"))
-    ap.add_argument("--out", default=str(REPO_ROOT / "reports" / "bench" / "retrieval.json"))
+    ap.add_argument("--out", default=str(report_path("retrieval")))
     ap.add_argument("--no-dense", action="store_true", help="skip dense and hybrid (encoding takes minutes on CPU)")
     args = ap.parse_args(argv)
     offline_env()

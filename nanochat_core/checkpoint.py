@@ -5,22 +5,20 @@ A checkpoint directory holds step-numbered files:
     optim_{step:06d}.pt   optional optimizer state
     meta_{step:06d}.json  written LAST: format_version, step, sha256 of the files above, and
                           what the caller passes (config, tokenizer_hash, lineage, ...)
-A step whose meta file is missing is an interrupted write and is ignored. Every file is
-written to a temp file, fsynced and renamed, so a crash leaves the old file or the new one.
+A step whose meta file is missing is an interrupted write and is ignored. Every file goes
+through common.atomic_write_bytes, so a crash leaves the old file or the new one.
 
 Loading checks the sha256 recorded in meta before unpickling, then uses
 torch.load(weights_only=True): a checkpoint from an untrusted place cannot run code.
 """
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from nanochat_core.common import atomic_write_bytes, sha256_bytes, sha256_file
+from nanochat_core.common import atomic_write_bytes, read_bytes, sha256_bytes
 
 FORMAT_VERSION = 1
 _RESERVED = ("format_version", "step", "model_file", "model_sha256", "optim_file", "optim_sha256",
@@ -44,32 +42,10 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform/filesystem
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _torch_save_temp(obj, path):
-    """torch.save to an fsynced temp file beside `path`. Returns (temp path, sha256)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)  # a file object (not a path) gives byte-identical output for equal states
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp, sha256_file(tmp)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # a file object (not a path) gives byte-identical output for equal states
+    return buf.getvalue()
 
 
 def save_checkpoint(ckpt_dir, step: int, model_state: dict, meta: dict, optim_state=None, keep_last: int = 2):
@@ -96,32 +72,22 @@ def save_checkpoint(ckpt_dir, step: int, model_state: dict, meta: dict, optim_st
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     model_path, optim_path, meta_path = _paths(ckpt_dir, step)
-    # Serialize everything to temp files first: if that fails (disk full, a bad object),
-    # nothing visible has changed, not even an existing checkpoint of this same step.
-    temps = []
-    try:
-        tmp, model_sha = _torch_save_temp(model_state, model_path)
-        temps.append((tmp, model_path))
-        optim_sha = None
-        if optim_state is not None:
-            tmp, optim_sha = _torch_save_temp(optim_state, optim_path)
-            temps.append((tmp, optim_path))
-        meta.update(format_version=FORMAT_VERSION, step=step,
-                    model_file=model_path.name, model_sha256=model_sha,
-                    optim_file=optim_path.name if optim_sha else None, optim_sha256=optim_sha)
-        meta["meta_sha256"] = sha256_bytes(_canonical(meta))
-        # Overwriting a step: it is incomplete (ignored) from here until the new meta lands.
-        meta_path.unlink(missing_ok=True)
-        if optim_sha is None:
-            optim_path.unlink(missing_ok=True)  # stale optimizer state of an earlier write of this step
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        atomic_write_bytes(meta_path, _canonical(meta))  # last: marks the step complete
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    _fsync_dir(ckpt_dir)
+    # Serialize everything first: if that fails (a bad object), nothing on disk has changed,
+    # not even an existing checkpoint of this same step.
+    model_bytes = _torch_bytes(model_state)
+    optim_bytes = None if optim_state is None else _torch_bytes(optim_state)
+    meta.update(format_version=FORMAT_VERSION, step=step, model_file=model_path.name,
+                model_sha256=sha256_bytes(model_bytes), optim_file=optim_path.name if optim_bytes else None,
+                optim_sha256=sha256_bytes(optim_bytes) if optim_bytes else None)
+    meta["meta_sha256"] = sha256_bytes(_canonical(meta))
+    # Overwriting a step: it is incomplete (ignored) from here until the new meta lands.
+    meta_path.unlink(missing_ok=True)
+    atomic_write_bytes(model_path, model_bytes)
+    if optim_bytes is None:
+        optim_path.unlink(missing_ok=True)  # stale optimizer state of an earlier write of this step
+    else:
+        atomic_write_bytes(optim_path, optim_bytes)
+    atomic_write_bytes(meta_path, _canonical(meta))  # last: marks the step complete
 
     if keep_last:
         older = [s for s in _complete_steps(ckpt_dir) if s < step]
@@ -185,13 +151,8 @@ def load_meta(ckpt_dir, step=None) -> dict:
     """Read and verify a step's meta JSON (the latest complete step if step is None)."""
     step = _resolve_step(ckpt_dir, step)
     meta_path = _paths(ckpt_dir, step)[2]
-    try:
-        data = meta_path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint meta {meta_path} does not exist (step {step} was never completely "
-                              f"written; complete steps: {_complete_steps(ckpt_dir)}); {_FIX}") from None
-    except OSError as e:
-        raise CheckpointError(f"checkpoint meta {meta_path} cannot be read ({e}); {_FIX}") from e
+    data = read_bytes(meta_path, CheckpointError, "checkpoint meta", f"does not exist (step {step} was never "
+                      f"completely written; complete steps: {_complete_steps(ckpt_dir)})", _FIX)
     try:
         meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -221,13 +182,7 @@ def _reason(e) -> str:
 
 
 def _load_file(path, expected_sha, map_location):
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {path} is missing although its meta file exists; "
-                              f"{_FIX}") from None
-    except OSError as e:
-        raise CheckpointError(f"checkpoint file {path} cannot be read ({e}); {_FIX}") from e
+    data = read_bytes(path, CheckpointError, "checkpoint file", "is missing although its meta file exists", _FIX)
     # Hash the exact bytes we unpickle; a truncated or altered file stops here.
     digest = sha256_bytes(data)
     if digest != expected_sha:
@@ -279,3 +234,15 @@ def check_tokenizer(meta: dict, tokenizer):
                               f"tokenizer given has hash {have[:12]}; use the tokenizer the checkpoint was "
                               f"trained with (`dvc checkout`), or retrain from pretrain (`dvc repro`) so "
                               f"they match")
+
+
+def load_model(ckpt_dir, tokenizer, device="cpu"):
+    """(GPT with the checkpoint's weights on `device`, meta); refuses another tokenizer."""
+    from nanochat_core.model import GPT, GPTConfig
+    if latest_step(ckpt_dir) is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; run the stage that trains it first (`dvc repro`)")
+    state, meta, _ = load_checkpoint(ckpt_dir, map_location=device)
+    check_tokenizer(meta, tokenizer)
+    model = GPT(GPTConfig.from_dict(meta["config"]))
+    model.load_state_dict(state)
+    return model.to(device), meta

@@ -1,9 +1,10 @@
-"""Small shared helpers: atomic writes, hashing, where the reference data lives."""
+"""Small shared helpers: the one atomic writer, the one JSONL reader, hashing, print0."""
 import difflib
 import hashlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,10 +27,24 @@ def atomic_write_bytes(path, data: bytes):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform/filesystem
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path, text: str):
@@ -55,10 +70,67 @@ def sha256_file(path, chunk=1 << 20) -> str:
     return h.hexdigest()
 
 
-def reference_data_dir() -> Path:
-    """The shared benchmark data (BEIR SciFact, HotpotQA, SQuAD); never part of the repo."""
-    env = os.environ.get("NANOCHAT_REFERENCE_DATA")
-    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
+def read_bytes(path, error, what, missing, fix=""):
+    """A file's bytes. A missing file raises error("<what> <path> <missing>"), an unreadable one
+    error("<what> <path> cannot be read (...)"); `fix` (what to do) ends both messages."""
+    end = f"; {fix}" if fix else ""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} {path} {missing}{end}") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e}){end}") from e
+
+
+def jsonl_rows(path):
+    """Yields (line_no, row, error) for each line of a JSONL file: row is a dict, or None when
+    error is (reason, message) naming the file and line. Blank lines are ("blank_line", ...):
+    callers decide whether a blank line is worth counting."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line_no, None, ("invalid_utf8", f"{where}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                                      f"{e.start + 1}); re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {path}`)")
+                continue
+            if not line.strip():
+                yield line_no, None, ("blank_line", f"{where}: blank line")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield line_no, None, ("malformed_json", f"{where}: malformed JSON ({e.msg} at column {e.colno}); "
+                                      "each line must be one JSON object")
+                continue
+            if not isinstance(row, dict):
+                yield line_no, None, ("malformed_json", f"{where}: expected a JSON object, got {type(row).__name__}")
+                continue
+            yield line_no, row, None
+
+
+def read_jsonl(path, error=ValueError):
+    """Every row of a JSONL file (blank lines aside); the first bad line raises `error` with a
+    message naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run the stage that writes it (see dvc.yaml: `dvc repro`)")
+    rows = []
+    for _, row, err in jsonl_rows(path):
+        if err is None:
+            rows.append(row)
+        elif err[0] != "blank_line":
+            raise error(err[1])
+    return rows
+
+
+def print0(*args, **kw):
+    """print to stderr from rank 0 only (every rank runs the same code under torchrun)."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, file=sys.stderr, flush=True, **kw)
 
 
 def offline_env():

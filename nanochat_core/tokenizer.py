@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import rustbpe
 import tiktoken
 
-from nanochat_core.common import atomic_write_bytes, sha256_bytes
+from nanochat_core.common import atomic_write_bytes, read_bytes, sha256_bytes
 
 SPECIAL_TOKENS = [
     "<|bos|>",  # every document / conversation starts with it
@@ -177,14 +177,8 @@ class Tokenizer:
         path = os.fspath(path)
         fix = ("delete it and retrain it with the pretrain stage (`dvc repro pretrain`), "
                "or restore it from the DVC cache with `dvc checkout`")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise TokenizerError(f"tokenizer file {path} does not exist; train it with the pretrain "
-                                 f"stage (`dvc repro pretrain`) or restore it with `dvc checkout`") from None
-        except OSError as e:
-            raise TokenizerError(f"tokenizer file {path} cannot be read ({e})") from e
+        data = read_bytes(path, TokenizerError, "tokenizer file", "does not exist; train it with the pretrain stage "
+                          "(`dvc repro pretrain`) or restore it with `dvc checkout`")
 
         def bad(reason):
             return TokenizerError(f"tokenizer file {path} is corrupt or not a tokenizer ({reason}); {fix}")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanochat_core.common import atomic_write_text
+from nanochat_core.common import atomic_write_text, jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,37 +50,13 @@ class LoadReport:
         return f"{self.path}: loaded {self.loaded} documents, skipped {self.num_skipped} ({parts})"
 
 
-def _iter_rows(path):
-    """Yields (line_no, obj_or_None, error_reason, error_message) for each non-blank line."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield (line_no, None, "invalid_utf8",
-                       f"{where}: invalid UTF-8 at byte {e.start} of the line; re-encode the file as UTF-8")
-                continue
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing newline) are not rows
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield (line_no, None, "malformed_json",
-                       f"{where}: malformed JSON ({e.msg} at column {e.colno}); each line must be one JSON object")
-                continue
-            if not isinstance(obj, dict):
-                yield line_no, None, "malformed_json", f"{where}: expected a JSON object, got {type(obj).__name__}"
-                continue
-            yield line_no, obj, None, None
-
-
 def iter_jsonl(path):
     """Yields (line_no, dict) for each row of a JSONL file; raises DocumentError on a bad line."""
-    for line_no, obj, reason, msg in _iter_rows(path):
-        if reason:
-            raise DocumentError(msg)
-        yield line_no, obj
+    for line_no, obj, err in jsonl_rows(path):
+        if err and err[0] != "blank_line":
+            raise DocumentError(err[1])
+        if obj is not None:
+            yield line_no, obj
 
 
 def normalize_document(obj, where="<document>"):
@@ -149,7 +125,10 @@ def load_documents(path, on_error="raise", return_report=False):
         raise FileNotFoundError(f"documents file {path} does not exist")
     report = LoadReport(path=str(path))
     docs, first_line = [], {}
-    for line_no, obj, reason, msg in _iter_rows(path):
+    for line_no, obj, err in jsonl_rows(path):
+        if err and err[0] == "blank_line":
+            continue  # a trailing newline is not a row
+        reason, msg = err or (None, None)
         where = f"{path}:{line_no}"
         if reason is None:
             try:

@@ -22,9 +22,10 @@ freely (`text_field`); load_documents rightly demands the full document schema.
 import importlib
 import inspect
 import itertools
-import json
 import warnings
 from pathlib import Path
+
+from nanochat_core.common import jsonl_rows
 
 SOURCE_KEYS = {
     "python_docs": {"type", "name", "max_chars"},
@@ -167,13 +168,17 @@ def _label(spec, path):
     return spec.get("name") or Path(path).stem
 
 
-def load_text(spec, path=None, label=None, rel=None, stats=None):
+def _one_file(spec, path, label, stats, kind):
+    """(path, label, stats) of a single-file source, or an error saying why it isn't one."""
     path = Path(path or spec["path"])
-    label = label or _label(spec, path)
-    stats = stats if stats is not None else _stats(spec, path)
     if not path.is_file():
-        raise _missing(path, "text source") if not path.exists() else SourceError(
+        raise _missing(path, f"{kind} source") if not path.exists() else SourceError(
             f"{path}: is a directory; use a source of type dir for it")
+    return path, label or _label(spec, path), stats if stats is not None else _stats(spec, path)
+
+
+def load_text(spec, path=None, label=None, rel=None, stats=None):
+    path, label, stats = _one_file(spec, path, label, stats, "text")
     text = _read_text(path, spec.get("encoding", "utf-8"))
     stats["files"] += 1
     key = rel or path.name
@@ -192,49 +197,33 @@ def load_text(spec, path=None, label=None, rel=None, stats=None):
 
 
 def load_jsonl(spec, path=None, label=None, rel=None, stats=None):
-    path = Path(path or spec["path"])
-    label = label or _label(spec, path)
-    stats = stats if stats is not None else _stats(spec, path)
-    if not path.is_file():
-        raise _missing(path, "jsonl source") if not path.exists() else SourceError(
-            f"{path}: is a directory; use a source of type dir for it")
+    path, label, stats = _one_file(spec, path, label, stats, "jsonl")
     tf, hf, idf = spec.get("text_field", "text"), spec.get("title_field", "title"), spec.get("id_field", "id")
     key = rel or path.name
     docs, seen = [], {}
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                                  f"JSONL must be UTF-8: re-encode the file (e.g. `iconv -f latin1 -t utf-8 {path}`)") from None
-            if not line.strip():
-                _skip(stats, "blank_line")
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); "
-                                  "each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise SourceError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if tf not in row:
-                raise SourceError(f"{where}: no field {tf!r} (fields: {', '.join(sorted(row)) or 'none'}); "
-                                  "set text_field in the source spec to the field that holds the text")
-            text = row[tf]
-            if text is None or (isinstance(text, str) and not text.strip()):
-                _skip(stats, "empty_text")
-                continue
-            if not isinstance(text, str):
-                raise SourceError(f"{where}: field {tf!r} must be a string, got {type(text).__name__}")
-            title = row.get(hf) if isinstance(row.get(hf), str) else ""
-            rid = row.get(idf)
-            rid = str(rid) if rid is not None and not isinstance(rid, (dict, list)) else str(line_no)
-            if rid in seen:
-                raise SourceError(f"{where}: duplicate {idf!r} {rid!r} (first at line {seen[rid]}); ids must be unique")
-            seen[rid] = line_no
-            docs.append(_doc(f"{label}:{key}:{rid}", title, text.strip(), str(path), line=line_no))
+    for line_no, row, err in jsonl_rows(path):
+        where = f"{path}:{line_no}"
+        if err and err[0] == "blank_line":
+            _skip(stats, "blank_line")
+            continue
+        if err:
+            raise SourceError(err[1])
+        if tf not in row:
+            raise SourceError(f"{where}: no field {tf!r} (fields: {', '.join(sorted(row)) or 'none'}); "
+                              "set text_field in the source spec to the field that holds the text")
+        text = row[tf]
+        if text is None or (isinstance(text, str) and not text.strip()):
+            _skip(stats, "empty_text")
+            continue
+        if not isinstance(text, str):
+            raise SourceError(f"{where}: field {tf!r} must be a string, got {type(text).__name__}")
+        title = row.get(hf) if isinstance(row.get(hf), str) else ""
+        rid = row.get(idf)
+        rid = str(rid) if rid is not None and not isinstance(rid, (dict, list)) else str(line_no)
+        if rid in seen:
+            raise SourceError(f"{where}: duplicate {idf!r} {rid!r} (first at line {seen[rid]}); ids must be unique")
+        seen[rid] = line_no
+        docs.append(_doc(f"{label}:{key}:{rid}", title, text.strip(), str(path), line=line_no))
     stats["files"] += 1
     stats["documents"] += len(docs)
     stats["chars"] += sum(len(d["text"]) for d in docs)

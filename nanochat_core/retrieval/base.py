@@ -31,6 +31,14 @@ STOPWORDS_EN = frozenset([
 TOKEN_RE = re.compile(r"(?u)\w+")
 
 
+def settings(name, defaults, given):
+    """A retriever's settings: its defaults updated with `given`; an unknown key is an error."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {name} settings {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
 def doc_text(doc):
     # BEIR's convention for both lexical and dense models: title, a space, then the text.
     title = doc.get("title") or ""

@@ -14,7 +14,7 @@ and bm25s with 0.
 import logging
 from pathlib import Path
 
-from nanochat_core.retrieval.base import doc_text, load_ids, save_ids, tokenize, topk_hits
+from nanochat_core.retrieval.base import doc_text, load_ids, save_ids, settings, tokenize, topk_hits
 
 DEFAULTS = {"k1": 1.2, "b": 0.75, "method": "lucene", "idf_method": None, "delta": 0.5,
             "lower": True, "stopwords": True, "dtype": "float32"}
@@ -26,10 +26,7 @@ class BM25Retriever:
     name = "bm25"
 
     def __init__(self, **config):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown bm25 settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.cfg = {**DEFAULTS, **config}
+        self.cfg = settings("bm25", DEFAULTS, config)
         self.ids, self.bm25 = [], None
 
     def config(self):

@@ -10,13 +10,12 @@ from the cached matrix (cheap next to encoding).
 """
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from nanochat_core.common import offline_env, sha256_bytes, sha256_file
-from nanochat_core.retrieval.base import Hit, doc_text, load_ids, save_ids
+from nanochat_core.retrieval.base import Hit, doc_text, load_ids, save_ids, settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def load_encoder(name):
     if path not in _ENCODERS:
         offline_env()
         from sentence_transformers import SentenceTransformer
-        _ENCODERS[path] = SentenceTransformer(path, device=os.environ.get("NANOCHAT_EMBED_DEVICE"))
+        _ENCODERS[path] = SentenceTransformer(path)  # picks CUDA when there is one
     return _ENCODERS[path]
 
 
@@ -93,10 +92,7 @@ class DenseRetriever:
     name = "dense"
 
     def __init__(self, **config):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown dense settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.cfg = {**DEFAULTS, **config}
+        self.cfg = settings("dense", DEFAULTS, config)
         if self.cfg["index"] not in ("flat", "hnsw", "ivf"):
             raise ValueError(f"dense index must be 'flat', 'hnsw' or 'ivf', got {self.cfg['index']!r}")
         self.ids, self.hashes, self.emb, self.faiss_index = [], [], None, None

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from nanochat_core.common import atomic_write_text
-from nanochat_core.retrieval.base import doc_text, load_ids, read_json, save_ids, tokenize, topk_hits
+from nanochat_core.retrieval.base import doc_text, load_ids, read_json, save_ids, settings, tokenize, topk_hits
 
 DEFAULTS = {"lower": True, "stopwords": True, "sublinear_tf": True}
 
@@ -19,10 +19,7 @@ class TfidfRetriever:
     name = "tfidf"
 
     def __init__(self, **config):
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown tfidf settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.cfg = {**DEFAULTS, **config}
+        self.cfg = settings("tfidf", DEFAULTS, config)
         self.ids, self.vocab, self.idf, self.matrix = [], {}, None, None
 
     def config(self):
