@@ -1,30 +1,11 @@
-"""Putting documents into conversations, the multi-hop search loop, and answer parsing.
-
-Three ways to answer a question, all with the same model and tokenizer:
-  closed_book  the question alone
-  rag          the question, then one documents block: the KB's top-k for the question
-  refrag       the model writes <|search_start|>query<|search_end|>; the engine runs the
-               retriever and forces the documents block in; repeat up to max_hops, then answer
-Answers cite the documents they used as [n] (their number in the block).
+"""Putting documents into conversations: the formats every stage trains on and inference
+prompts with (closed-book, one documents block, a multi-hop search trajectory), and the
+reading drills. Answers cite the documents they used as [n] (their number in the block).
 """
-import random
 import re
 
-from nanochat_core.data.world import ABSTAIN, FORWARD, QUESTION_TEMPLATES, build_world
-from nanochat_core.engine import Engine
-from nanochat_core.metrics import exact_match, f1, normalize_answer
-
-_CITE = re.compile(r"\s*\[(\d+)\]")
-
-
-def parse_answer(text):
-    """'Palmora [2]' -> ('Palmora', [2])."""
-    cites = [int(c) for c in _CITE.findall(text)]
-    return _CITE.sub("", text).strip(), cites
-
-
-def is_abstain(answer):
-    return normalize_answer(answer) == normalize_answer(ABSTAIN)
+from nanochat_core.data.templates import QUESTION_TEMPLATES
+from nanochat_core.data.world import ABSTAIN, FORWARD, build_world
 
 
 def cited_answer(answer, docs, gold_ids):
@@ -126,10 +107,12 @@ def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):
     asked_about = [s for s in ids if FORWARD[world.entities[s].type]]
     convs = []
     for _ in range(n):
-        picks = rng.sample(ids, n_docs)
+        chains = []
+        while not chains:  # a block of countries alone has nothing to ask; draw again
+            picks = rng.sample(ids, n_docs)
+            chains = [(s, r) for s in picks for r in FORWARD[world.entities[s].type]]
         docs = [{"id": d, "title": world.name(d), "text": world.render(d, rng.randrange(3), world.facts, inverse=inverse)}
                 for d in picks]
-        chains = [(s, r) for s in picks for r in FORWARD[world.entities[s].type]]
         asked = rng.sample(chains, min(n_questions, len(chains)))
         for j in range(len(asked)):
             if rng.random() < unseen_frac:
@@ -144,8 +127,7 @@ def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):
                 msgs.append({"role": "documents", "documents": docs})
             answer = ABSTAIN if obj is None or s not in picks else world.name(obj)
             msgs.append({"role": "assistant", "content": cited_answer(answer, docs, {s})})
-        if asked:
-            convs.append(msgs)
+        convs.append(msgs)
     return convs
 
 
@@ -214,121 +196,3 @@ def trajectory_conversation(qa, kb, k, retriever):
         msgs.append({"role": "documents", "documents": docs})
     msgs.append({"role": "assistant", "content": cited_answer(qa["answers"][0], docs, set(qa["gold_doc_ids"][-1]))})
     return msgs
-
-
-def make_search_tool(tokenizer, kb, k, retriever, log):
-    """The engine's tool: query text -> documents block tokens. Every (query, docs) is
-    appended to `log` so evaluation can measure what was retrieved."""
-    def tool(query):
-        if query is None:  # past max_hops: an empty block, so the model must answer now
-            return tokenizer.encode_documents([])
-        docs = retrieve(kb, [query.strip()], k, retriever)[0]
-        log.append((query.strip(), docs))
-        return tokenizer.encode_documents(docs)
-    return tool
-
-
-def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever="bm25", max_hops=3,
-                     max_new_tokens=48, batch_size=16):
-    """Greedy answers for `questions` in `mode`. Returns one dict per question: prediction,
-    citations, the documents the model saw, and its search queries (refrag)."""
-    end = tokenizer.encode_special("<|assistant_end|>")
-    out = []
-    for i in range(0, len(questions), batch_size):
-        batch = questions[i:i + batch_size]
-        shown = [[] for _ in batch]
-        queries = [[] for _ in batch]
-        if mode == "closed_book":
-            prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
-        elif mode == "rag":
-            docs = retrieve(kb, [q["question"] for q in batch], k, retriever)
-            shown = [[d] for d in docs]
-            prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(batch, docs)]
-            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
-        elif mode == "refrag":
-            log = []
-            tool = make_search_tool(tokenizer, kb, k, retriever, log)
-            engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops)
-            prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            # the model's own tokens: up to max_hops search calls, then the answer
-            toks, masks = engine.generate_batch(prompts, max_new_tokens * (max_hops + 1), stop_tokens=[end])
-            by_query = dict(log)
-            for b, (t, m) in enumerate(zip(toks, masks)):
-                queries[b] = _search_queries(tokenizer, t, m)
-                shown[b] = [by_query[q] for q in queries[b] if q in by_query]
-        else:
-            raise ValueError(f"unknown mode {mode!r}; use closed_book, rag or refrag")
-        for b, q in enumerate(batch):
-            text = _final_text(tokenizer, toks[b], masks[b])
-            answer, cites = parse_answer(text)
-            out.append({"id": q["id"], "type": q["type"], "prediction": answer, "raw": text, "citations": cites,
-                        "documents": shown[b], "queries": queries[b]})
-    return out
-
-
-def _search_queries(tokenizer, toks, masks):
-    s, e = tokenizer.encode_special("<|search_start|>"), tokenizer.encode_special("<|search_end|>")
-    qs, cur = [], None
-    for t, m in zip(toks, masks):
-        if m == 1 and t == s:
-            cur = []
-        elif m == 1 and t == e and cur is not None:
-            qs.append(tokenizer.decode(cur).strip())
-            cur = None
-        elif cur is not None:
-            cur.append(t)
-    return qs
-
-
-def _final_text(tokenizer, toks, masks):
-    """The answer: the model's own tokens after its last documents block / search call."""
-    specials = tokenizer.special_ids
-    last = 0
-    for i, t in enumerate(toks):
-        if t in specials:
-            last = i + 1
-    return tokenizer.decode([t for t, m in zip(toks[last:], masks[last:]) if m == 1 and t not in specials]).strip()
-
-
-def score(questions, predictions):
-    """Per-question metrics: em, f1, abstained, abstention correct, supported (the answer
-    appears in a shown document), hallucinated (answered, but unsupported), retrieval recall
-    over every hop's gold documents, citation precision."""
-    rows = []
-    for q, p in zip(questions, predictions):
-        golds = q["answers"]
-        gold_abstain = is_abstain(golds[0])
-        abstained = is_abstain(p["prediction"])
-        seen = [d for block in p["documents"] for d in block]
-        seen_ids = {d["id"] for d in seen}
-        text = normalize_answer(" ".join(d["title"] + " " + d["text"] for d in seen))
-        pred_n = normalize_answer(p["prediction"])
-        supported = bool(pred_n) and f" {pred_n} " in f" {text} "
-        gold_ids = {i for hop in q["gold_doc_ids"] for i in hop}
-        final_block = p["documents"][-1] if p["documents"] else []
-        cited = [final_block[c - 1]["id"] for c in p["citations"] if 0 < c <= len(final_block)]
-        rows.append({
-            "em": exact_match(p["prediction"], golds), "f1": f1(p["prediction"], golds),
-            "abstained": float(abstained), "abstention_correct": float(abstained == gold_abstain),
-            "hallucinated": float(not abstained and not supported),
-            "retrieval_recall": (len(gold_ids & seen_ids) / len(gold_ids)) if gold_ids else 0.0,
-            "citation_precision": (sum(c in set(q["gold_doc_ids"][-1]) for c in cited) / len(cited)) if cited else None,
-        })
-    return rows
-
-
-def aggregate(rows):
-    keys = rows[0].keys() if rows else []
-    agg = {"n": len(rows)}
-    for k in keys:
-        vals = [r[k] for r in rows if r[k] is not None]
-        agg[k] = sum(vals) / len(vals) if vals else None
-    return agg
-
-
-def sample(records, n, seed):
-    """A deterministic subset of at most n records (all when n is None or larger)."""
-    if n is None or n >= len(records):
-        return list(records)
-    return random.Random(seed).sample(list(records), n)

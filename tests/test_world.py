@@ -4,7 +4,9 @@ import re
 
 import pytest
 
-from nanochat_core.data.world import ABSTAIN, QUESTION_TEMPLATES, build_world, make_questions, split_sentences
+from nanochat_core.data.questions import make_questions
+from nanochat_core.data.templates import QUESTION_TEMPLATES
+from nanochat_core.data.world import ABSTAIN, build_world, split_sentences
 
 TRAIN = {"single": 400, "2hop": 300, "3hop": 200, "unanswerable": 100}
 EVAL = {"single": 100, "2hop": 100, "3hop": 100, "unanswerable": 50}

@@ -7,7 +7,7 @@ prepare_documents(params, out_dir) writes, each file atomically:
                                      and the train entities' documents in their original
                                      (pre-edit) form, never a test person's fact; world
                                      lines also list the "people" they name
-  out_dir/qa/{train,val,test}.jsonl  question records (schema in world.make_questions)
+  out_dir/qa/{train,val,test}.jsonl  question records (schema in questions.make_questions)
 and returns a summary dict for the caller to log. See world.py for the world's design.
 """
 import json
@@ -18,6 +18,7 @@ from pathlib import Path
 from nanochat_core.common import atomic_write_text, closest, sha256_file
 from nanochat_core.data import world as W
 from nanochat_core.data.documents import validate_documents, write_documents
+from nanochat_core.data.questions import make_questions
 from nanochat_core.data.sources import load_source, python_docs, validate_source_spec
 
 QA_TYPES = ("single", "2hop", "3hop", "unanswerable")
@@ -129,10 +130,11 @@ def _count(rows, key):
     return dict(sorted(out.items()))
 
 
-def prepare_documents(params, out_dir):
-    """Builds the world and the real text, writes the stage outputs, returns a summary."""
+def prepare_documents(params, documents_path, corpus_dir, qa_dir):
+    """Builds the world and the real text, writes the KB documents (documents_path), the
+    pretraining shards (corpus_dir) and the QA splits (qa_dir); returns a summary."""
     p = validate_params(params)
-    out = Path(out_dir)
+    corpus_dir, qa_dir = Path(corpus_dir), Path(qa_dir)
     w, q = p["world"], p["questions"]
     world = W.build_world(p["seed"], n_people=w["n_people"], n_cities=w["n_cities"], n_countries=w["n_countries"],
                           n_companies=w["n_companies"], n_universities=w["n_universities"],
@@ -179,27 +181,27 @@ def prepare_documents(params, out_dir):
     if cur:
         shards.append(cur)
 
-    files, qa_summary = W.make_questions(world, p["seed"], q["train"], q["eval"], q["known_single"],
+    files, qa_summary = make_questions(world, p["seed"], q["train"], q["eval"], q["known_single"],
                                          q["val_fraction"])
 
     # Write. Each file is atomic; stale shards from an earlier, larger run are removed last.
     written = {}
-    doc_path = out / "documents.jsonl"
+    doc_path = Path(documents_path)
     write_documents(doc_path, validate_documents(kb_docs, "prepared KB documents"))
-    written["documents.jsonl"] = doc_path
+    written[doc_path.name] = doc_path
     shard_names = set()
     for i, shard in enumerate(shards):
-        path = out / "corpus" / f"shard_{i:05d}.jsonl"
+        path = corpus_dir / f"shard_{i:05d}.jsonl"
         atomic_write_text(path, _jsonl(shard))
-        written[f"corpus/{path.name}"] = path
+        written[f"{corpus_dir.name}/{path.name}"] = path
         shard_names.add(path.name)
-    for old in sorted((out / "corpus").glob("shard_*.jsonl")) if (out / "corpus").exists() else []:
+    for old in sorted(corpus_dir.glob("shard_*.jsonl")) if corpus_dir.exists() else []:
         if old.name not in shard_names:
             old.unlink()
     for name, recs in files.items():
-        path = out / "qa" / f"{name}.jsonl"
+        path = qa_dir / f"{name}.jsonl"
         atomic_write_text(path, _jsonl(recs))
-        written[f"qa/{name}.jsonl"] = path
+        written[f"{qa_dir.name}/{name}.jsonl"] = path
 
     test_people = world.test_people()
     return {
