@@ -2,20 +2,19 @@
 
     params = load_params("params.yaml")   # validated plain dict, or a ValueError naming the key
 
-DEFAULTS mirrors params.yaml key for key and is the schema: a key's type is its default's
-type. params.yaml must spell out every key (no hidden defaults), so the values DVC tracks are
-exactly the values the stages use. The `documents` section belongs to
+DEFAULTS is the schema and equals params.yaml key for key: a key's type is its default's type,
+its bounds are in _RULES. params.yaml must spell out every key (no hidden defaults), so the
+values DVC tracks are exactly the values the stages use. The `documents` section belongs to
 nanochat_core.data.prepare and is validated there.
 
-Presets (presets/<name>.yaml) are partial overrides deep-merged into params.yaml by
-`nanochat preset NAME`; a preset may start from another with `extends: NAME`.
+Presets (presets/<name>.yaml, nanochat_core/presets.py) are partial overrides of this file.
 """
 import copy
 from pathlib import Path
 
 import yaml
 
-from nanochat_core.common import REPO_ROOT, atomic_write_text, closest
+from nanochat_core.common import closest
 from nanochat_core.data.prepare import DEFAULTS as DOCUMENTS_DEFAULTS
 from nanochat_core.data.prepare import QA_TYPES
 from nanochat_core.data.prepare import validate_params as validate_documents_params
@@ -28,11 +27,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("closed_book", "rag", "refrag")
 CHECKPOINTS = ("base", "mid", "rag", "refrag")
 
+# The schema: each key's default (its type is the default's type) is written here once, and
+# equals params.yaml (tests/test_params.py compares them key for key). _RULES below holds each
+# key's bounds. Training keys shared by the four training sections, then each section's own.
 TRAINING = {
-    "seed": 0, "steps": 200, "batch_size": 8, "grad_accum": 1,
+    "seed": 0, "steps": 200, "batch_size": 16, "grad_accum": 1,
     "matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004,
-    "weight_decay": 0.0, "warmup_frac": 0.0, "warmdown_frac": 0.2,
-    "eval_every": 50, "eval_tokens": 16384, "checkpoint_every": 50, "keep_last": 2, "log_every": 10,
+    "weight_decay": 0.0, "warmup_frac": 0.0, "warmdown_frac": 0.3,
+    "eval_every": 50, "eval_tokens": 8192, "checkpoint_every": 100, "keep_last": 2, "log_every": 25,
     "device": "auto",
 }
 
@@ -50,18 +52,20 @@ DEFAULTS = {
         "block_pattern": "TMTM", "mlp_ratio": 4, "softcap": 15.0, "ssm": "mamba2", "d_state": 16, "d_conv": 4,
         "expand": 2, "dt_rank": "auto", "headdim": 32, "ngroups": 1, "chunk_size": 64,
     },
-    "pretrain": {**TRAINING, "seed": 42},
-    "midtrain": {**TRAINING, "seed": 43, "max_len": 640, "closed_book_frac": 0.3, "reading_frac": 0.3,
+    "pretrain": {**TRAINING, "seed": 42, "steps": 500, "batch_size": 8, "eval_every": 200, "eval_tokens": 16384},
+    "midtrain": {**TRAINING, "seed": 43, "steps": 800, "max_len": 640, "closed_book_frac": 0.3, "reading_frac": 0.7,
                  "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
                  "drill_docs": 1, "drill_people": 3000},
-    "rag_finetune": {**TRAINING, "seed": 44, "max_len": 640, "k": 3, "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5,
-                     "question_types": ["single", "unanswerable"], "drills": 6000, "drill_people": 3000},
+    "rag_finetune": {**TRAINING, "seed": 44, "steps": 600, "max_len": 640, "k": 3, "retriever": "bm25",
+                     "abstain_frac": 0.1, "swap_frac": 0.5, "question_types": ["single", "unanswerable"],
+                     "drills": 6000, "drill_people": 3000},
     "refrag_finetune": {
-        **TRAINING, "seed": 45, "max_len": 1024, "max_hops": 3, "k": 3, "retriever": "bm25",
-        "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3, "drills": 2500, "drill_people": 3000,
+        **TRAINING, "seed": 45, "steps": 400, "batch_size": 8, "eval_every": 30, "max_len": 1024, "max_hops": 3,
+        "k": 3, "retriever": "bm25", "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3, "drills": 2500,
+        "drill_people": 3000,
     },
     "evaluate": {
-        "seed": 0, "max_questions_per_type": 50, "k": 3, "max_hops": 3, "max_new_tokens": 48, "batch_size": 16,
+        "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
         "retriever": "bm25", "modes": list(MODES), "checkpoints": list(CHECKPOINTS), "device": "auto",
     },
     "tracking": {"experiment": "nanochat-rag", "tracking_uri": "sqlite:///mlflow.db", "register_models": True,
@@ -108,7 +112,7 @@ _RULES = {
     "rag_finetune.retriever": _ONE_OF(RETRIEVERS),
     "refrag_finetune.retriever": _ONE_OF(RETRIEVERS),
     "evaluate.retriever": _ONE_OF(RETRIEVERS),
-    "evaluate.max_questions_per_type": _ge(1), "evaluate.k": _ge(1), "evaluate.max_hops": _ge(1),
+    "evaluate.max_questions_per_type": _ge(0), "evaluate.k": _ge(1), "evaluate.max_hops": _ge(1),
     "evaluate.max_new_tokens": _ge(1),
     "evaluate.modes": _SUBSET(MODES),
     "evaluate.checkpoints": _SUBSET(CHECKPOINTS),
@@ -307,130 +311,3 @@ def flatten(d, prefix=""):
         else:
             out[key] = v
     return out
-
-
-# ------------------------------------------------------------------------------------ presets
-
-def presets_dir():
-    local = Path("presets")
-    return local if local.is_dir() else REPO_ROOT / "presets"
-
-
-def list_presets():
-    """{name: one-line description (the file's first comment)}."""
-    out = {}
-    for p in sorted(presets_dir().glob("*.yaml")):
-        first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "#")
-        out[p.stem] = first.lstrip("# ").strip()
-    return out
-
-
-def load_preset(name, _seen=()):
-    """The preset's overrides as a dict, with `extends:` resolved (base first)."""
-    path = presets_dir() / f"{name}.yaml"
-    if not path.is_file():
-        names = list(list_presets())
-        raise ValueError(f"no preset {name!r} in {presets_dir()}; {_did_you_mean(name, names)}"
-                         f"available: {', '.join(names) or '(none)'}")
-    if name in _seen:
-        raise ValueError(f"preset {name!r} extends itself (chain: {' -> '.join([*_seen, name])})")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a preset is a mapping of params.yaml sections")
-    base = data.pop("extends", None)
-    return deep_merge(load_preset(base, (*_seen, name)), data) if base else data
-
-
-def deep_merge(base, override):
-    """A new dict: `override` merged into `base`; mappings merge, everything else replaces."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def apply_preset(name, path="params.yaml", write=True):
-    """Deep-merges preset `name` into the params file, validates the result, then writes it
-    atomically (comments kept). Returns the validated params. Nothing is written when the
-    result is invalid."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    preset = load_preset(name)
-    merged = deep_merge(raw, preset)
-    params = validate_params(merged, source=f"{path} with preset {name}")
-    if write:
-        atomic_write_text(path, _render_merged(path.read_text(encoding="utf-8"), preset, merged))
-    return params
-
-
-def _render_merged(text, preset, merged):
-    """The params file with the preset's values put in place. ruamel.yaml (installed with DVC,
-    which edits params.yaml the same way for `dvc exp run -S`) keeps comments and layout; without
-    it the file is re-dumped and comments are lost."""
-    try:
-        import io
-
-        from ruamel.yaml import YAML
-        from ruamel.yaml.comments import CommentedMap, CommentedSeq
-    except ImportError:
-        return yaml.safe_dump(merged, sort_keys=False, default_flow_style=None)
-    rt = YAML()
-    rt.preserve_quotes = True
-    rt.width = 4096
-
-    def float_repr(representer, value):
-        # YAML 1.1 readers (PyYAML, so DVC and us) need a dot and a signed exponent: 5.0e-05, not 5e-05.
-        text = repr(value)
-        if "e" in text and "." not in text.split("e")[0]:
-            text = text.replace("e", ".0e", 1)
-        return representer.represent_scalar("tag:yaml.org,2002:float", text)
-    rt.representer.add_representer(float, float_repr)
-    doc = rt.load(text)
-
-    def put(node, over):
-        for k, v in over.items():
-            if isinstance(v, dict) and isinstance(node.get(k), dict):
-                put(node[k], v)
-            elif isinstance(v, list):
-                seq = CommentedSeq(v)
-                seq.fa.set_flow_style()
-                node[k] = seq
-            elif isinstance(v, dict):
-                node[k] = CommentedMap(v)
-            else:
-                node[k] = v
-    put(doc, preset)
-    buf = io.StringIO()
-    rt.dump(doc, buf)
-    out = buf.getvalue()
-    if yaml.safe_load(out) != merged:  # never write something other than what was validated
-        return yaml.safe_dump(merged, sort_keys=False, default_flow_style=None)
-    return out
-
-
-def register(sub):
-    p = sub.add_parser("preset", help="apply a named configuration from presets/ to params.yaml")
-    p.add_argument("name", nargs="?", help="preset name (see --list)")
-    p.add_argument("--list", action="store_true", help="list the presets")
-    p.add_argument("--params", default="params.yaml", help="params file to update (default: params.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="validate the result and show the changes; write nothing")
-    p.set_defaults(func=cmd_preset)
-
-
-def cmd_preset(args):
-    if args.list or not args.name:
-        for name, desc in list_presets().items():
-            print(f"{name:22s} {desc}")
-        return 0
-    before = flatten(yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {})
-    after = flatten(apply_preset(args.name, args.params, write=not args.dry_run))
-    changed = {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
-    for k, (old, new) in changed.items():
-        print(f"  {k}: {old!r} -> {new!r}")
-    verb = "would change" if args.dry_run else "changed"
-    print(f"preset {args.name}: {verb} {len(changed)} value(s) in {args.params}"
-          + ("" if args.dry_run else "; run `dvc repro` (or `git checkout params.yaml` to undo)"))
-    return 0

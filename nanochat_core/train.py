@@ -6,32 +6,13 @@ optimizer state restored it reaches the same weights. Under `torchrun` the model
 in DDP and each rank draws its own micro-batches.
 """
 import math
-import os
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 
 from nanochat_core.checkpoint import clear_checkpoints, latest_step, load_checkpoint, save_checkpoint
-
-TRAIN_DEFAULTS = {
-    "seed": 0,
-    "steps": 200,
-    "batch_size": 16,  # sequences per micro-batch per rank
-    "grad_accum": 1,
-    "matrix_lr": 0.02,  # Muon
-    "embedding_lr": 0.2,  # AdamW, scaled by 1/sqrt(n_embd/768) in setup_optimizers
-    "unembedding_lr": 0.004,
-    "scalar_lr": 0.004,
-    "weight_decay": 0.0,
-    "warmup_frac": 0.0,
-    "warmdown_frac": 0.2,
-    "eval_every": 0,  # 0: only at the end
-    "checkpoint_every": 100,
-    "keep_last": 2,
-    "log_every": 10,
-}
+from nanochat_core.common import print0
 
 
 def lr_multiplier(step, total, warmup_frac, warmdown_frac):
@@ -47,14 +28,15 @@ def lr_multiplier(step, total, warmup_frac, warmdown_frac):
 
 
 def setup_distributed():
-    """(rank, world_size, device). Initializes the process group when run under torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    """(rank, world_size, device). Initializes the process group when run under torchrun
+    (torch reads torchrun's environment itself)."""
+    if dist.is_torchelastic_launched() and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = dist.get_node_local_rank(fallback_rank=0)
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
@@ -106,7 +88,15 @@ class ConversationBatches:
     def __call__(self, seed, step, micro, batch_size):
         g = torch.Generator().manual_seed(_batch_seed(seed, step, micro))
         start = int(torch.randint(0, len(self.rows), (1,), generator=g))
-        pick = [self.order[(start + j) % len(self.rows)] for j in range(batch_size)]
+        return self._batch([self.order[(start + j) % len(self.rows)] for j in range(batch_size)])
+
+    def every_row(self, batch_size):
+        """Each row exactly once, in length order (for held-out loss)."""
+        for i in range(0, len(self.order), batch_size):
+            yield self._batch(self.order[i:i + batch_size])
+
+    def _batch(self, pick):
+        batch_size = len(pick)
         T = max(len(self.rows[i][0]) for i in pick) - 1
         x = torch.full((batch_size, T), self.pad_id, dtype=torch.long)
         y = torch.full((batch_size, T), -1, dtype=torch.long)
@@ -122,6 +112,20 @@ class ConversationBatches:
 
 def _batch_seed(seed, step, micro):
     return (seed * 1_000_003 + step * 1009 + micro) % (2**63 - 1)
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, batch_size):
+    """Mean loss per target token over every row of `batches` (a ConversationBatches)."""
+    model.eval()
+    device = next(model.parameters()).device
+    nats, n = 0.0, 0
+    for x, y in batches.every_row(batch_size):
+        x, y = x.to(device), y.to(device)
+        nats += model(x, y, reduction="sum").item()
+        n += int((y != -1).sum())
+    model.train()
+    return nats / max(n, 1)
 
 
 @torch.no_grad()
@@ -155,28 +159,31 @@ def _fmt_time(s):
 def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device="cpu", name="train"):
     """Train `model` for cfg["steps"] optimizer steps, checkpointing to ckpt_dir.
 
+    cfg: a training section of params.yaml (seed, steps, batch_size, grad_accum, the four
+    learning rates, weight_decay, warmup_frac, warmdown_frac, eval_every, checkpoint_every,
+    keep_last, log_every); every key is required, its default lives in params.py alone.
     get_batch(seed, step, micro, batch_size) -> (x, y), y = -1 where there is no loss.
-    meta: dict saved with every checkpoint (config, tokenizer_hash, lineage).
+    meta: dict saved with every checkpoint (config, tokenizer_hash, lineage, resume_key).
     log(metrics: dict, step: int): progress callback (the flow sends it to MLflow).
     eval_fn(model) -> dict of metrics, run every eval_every steps and at the end.
-    Resumes from the latest checkpoint in ckpt_dir if there is one.
+    Resumes from the latest checkpoint in ckpt_dir if there is one. The loss history rides in
+    every checkpoint, so a resumed or already-complete run reports the whole run.
     Returns a summary dict (final_loss, steps, tokens, seconds, resumed_from, history)."""
-    cfg = {**TRAIN_DEFAULTS, **cfg}
     rank, world, _ = setup_distributed()
     log = log or (lambda metrics, step: None)
     total = cfg["steps"]
     model.to(device)
     opts = model.setup_optimizers(cfg["matrix_lr"], cfg["embedding_lr"], cfg["unembedding_lr"], cfg["scalar_lr"],
                                   cfg["weight_decay"])
-    start, resumed_from = 0, None
+    start, resumed_from, history = 0, None, []
     last = latest_step(ckpt_dir)
     if last is not None:
         state, old_meta, optim_state = load_checkpoint(ckpt_dir, last, map_location=device, load_optim=True)
         if old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key"):
             # Other params or another parent: under DVC this is an ordinary rerun, not a resume.
             if rank == 0:
-                print(f"[{name}] {ckpt_dir} holds step {last} of a different run (params or parent changed); "
-                      "starting from step 0", file=sys.stderr, flush=True)
+                print0(f"[{name}] {ckpt_dir} holds step {last} of a different run (params or parent changed); "
+                       "starting from step 0")
                 clear_checkpoints(ckpt_dir)
             last = None
     if last is not None:
@@ -185,8 +192,8 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
             for i, o in enumerate(opts):
                 o.load_state_dict(optim_state[f"opt{i}"])
         start, resumed_from = last, last
-        if rank == 0:
-            print(f"[{name}] resuming from {ckpt_dir} step {last}", file=sys.stderr, flush=True)
+        history = [h for h in old_meta.get("history", []) if h["step"] <= last]
+        print0(f"[{name}] resuming from {ckpt_dir} step {last}")
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -194,14 +201,12 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     def checkpoint(step):
         if rank == 0:
             optim_state = {f"opt{i}": o.state_dict() for i, o in enumerate(opts)}
-            save_checkpoint(ckpt_dir, step, model.state_dict(), {**meta, "step": step}, optim_state,
+            save_checkpoint(ckpt_dir, step, model.state_dict(), {**meta, "step": step, "history": history}, optim_state,
                             keep_last=cfg["keep_last"])
 
-    history = []
     t0 = time.time()
     tokens_seen = 0
     smooth = None
-    loss_item = float("nan")
     model.train()
     for step in range(start, total):
         mult = lr_multiplier(step, total, cfg["warmup_frac"], cfg["warmdown_frac"])
@@ -219,18 +224,16 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         for o in opts:
             o.step()
         model.zero_grad(set_to_none=True)
-        loss_item = loss_sum
-        smooth = loss_item if smooth is None else 0.9 * smooth + 0.1 * loss_item
+        smooth = loss_sum if smooth is None else 0.9 * smooth + 0.1 * loss_sum
         done = step + 1
-        record = {"loss": loss_item, "lr_mult": mult}
+        record = {"loss": loss_sum, "lr_mult": mult}
         if done % cfg["log_every"] == 0 or done == total:
             elapsed = time.time() - t0
             tps = tokens_seen / max(elapsed, 1e-9)
             eta = elapsed / (done - start) * (total - done)
             record["tokens_per_s"] = tps
-            if rank == 0:
-                print(f"[{name}] step {done}/{total} | loss {loss_item:.4f} (avg {smooth:.4f}) | lr x{mult:.2f} | "
-                      f"{tps:,.0f} tok/s | ETA {_fmt_time(eta)}", file=sys.stderr, flush=True)
+            print0(f"[{name}] step {done}/{total} | loss {loss_sum:.4f} (avg {smooth:.4f}) | lr x{mult:.2f} | "
+                   f"{tps:,.0f} tok/s | ETA {_fmt_time(eta)}")
         if eval_fn is not None and ((cfg["eval_every"] and done % cfg["eval_every"] == 0) or done == total):
             record.update(eval_fn(model))
         if rank == 0:
@@ -238,7 +241,8 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         history.append({"step": done, **record})
         if (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0) or done == total:
             checkpoint(done)
-    if start == total and rank == 0:
-        print(f"[{name}] already trained to step {total} in {ckpt_dir}", file=sys.stderr, flush=True)
-    return {"final_loss": loss_item, "steps": total, "tokens": tokens_seen, "seconds": time.time() - t0,
+    if start == total:
+        print0(f"[{name}] already trained to step {total} in {ckpt_dir}")
+    final_loss = history[-1]["loss"] if history else float("nan")
+    return {"final_loss": final_loss, "steps": total, "tokens": tokens_seen, "seconds": time.time() - t0,
             "resumed_from": resumed_from, "history": history}

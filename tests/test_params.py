@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from nanochat_core import params as P
+from nanochat_core import presets as PR
 from nanochat_core.common import REPO_ROOT
 
 PARAMS = REPO_ROOT / "params.yaml"
@@ -55,6 +56,21 @@ def test_shipped_params_validate_and_mirror_defaults(raw):
     # DEFAULTS is the schema: the same keys at every depth as params.yaml.
     assert _keys(raw) == _keys(P.DEFAULTS)
     assert isinstance(params["pretrain"]["matrix_lr"], float)
+
+
+def test_schema_defaults_equal_params_yaml_key_for_key(raw):
+    """The one schema: every default (the value a missing-key error suggests) is the value
+    params.yaml ships, so no second set of defaults can drift from it."""
+    want, have = P.flatten(P.DEFAULTS), P.flatten(P.validate_params(raw))
+    differ = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
+    assert not differ, f"params.py DEFAULTS vs params.yaml: {differ}"
+
+
+def test_missing_key_error_suggests_the_shipped_value(raw):
+    bad = copy.deepcopy(raw)
+    del bad["midtrain"]["reading_frac"]
+    with pytest.raises(P.ParamsError, match=r"midtrain\.reading_frac is missing; add it \(default: reading_frac: 0\.7\)"):
+        P.validate_params(bad)
 
 
 def test_unknown_key_is_refused_with_a_suggestion(raw):
@@ -154,13 +170,13 @@ def test_load_params_errors(tmp_path):
         P.load_params(tmp_path / "params.yaml")
 
 
-@pytest.mark.parametrize("name", sorted(P.list_presets()))
+@pytest.mark.parametrize("name", sorted(PR.list_presets()))
 def test_every_preset_applies_and_validates(tmp_path, name):
     target = tmp_path / "params.yaml"
     target.write_text(PARAMS.read_text())
-    params = P.apply_preset(name, target)
+    params = PR.apply_preset(name, target)
     assert P.load_params(target) == params  # what was written is what was validated
-    preset = P.load_preset(name)
+    preset = PR.load_preset(name)
     for section, values in preset.items():
         for k, v in values.items():
             if not isinstance(v, dict):
@@ -170,16 +186,16 @@ def test_every_preset_applies_and_validates(tmp_path, name):
 
 
 def test_presets_cover_the_seed_configurations():
-    names = set(P.list_presets())
+    names = set(PR.list_presets())
     assert {"transformer_d20", "mamba_d20", "hybrid_8T12M_d20", "hybrid_4T16M", "rtx3070_d16", "rag_hybrid_d20",
             "rag_mamba_d20", "refrag_hybrid_d20"} <= names
     base = yaml.safe_load(PARAMS.read_text())
-    d20 = P.validate_params(P.deep_merge(base, P.load_preset("hybrid_8T12M_d20")))["model"]
+    d20 = P.validate_params(PR.deep_merge(base, PR.load_preset("hybrid_8T12M_d20")))["model"]
     shape = (d20["n_layer"], d20["n_embd"], d20["n_head"], d20["sequence_len"], d20["vocab_size"])
     assert shape == (20, 1280, 10, 2048, 65536)
     assert d20["block_pattern"] == "T" * 8 + "M" * 12
-    assert P.validate_params(P.deep_merge(base, P.load_preset("mamba_d20")))["model"]["block_pattern"] == "M" * 20
-    assert P.validate_params(P.deep_merge(base, P.load_preset("rtx3070_d16")))["model"]["n_layer"] == 16
+    assert P.validate_params(PR.deep_merge(base, PR.load_preset("mamba_d20")))["model"]["block_pattern"] == "M" * 20
+    assert P.validate_params(PR.deep_merge(base, PR.load_preset("rtx3070_d16")))["model"]["n_layer"] == 16
 
 
 def test_invalid_preset_writes_nothing(tmp_path, monkeypatch):
@@ -190,10 +206,10 @@ def test_invalid_preset_writes_nothing(tmp_path, monkeypatch):
     target.write_text(PARAMS.read_text())
     before = target.read_text()
     with pytest.raises(ValueError, match="model.block_pattern"):
-        P.apply_preset("broken", target)
+        PR.apply_preset("broken", target)
     assert target.read_text() == before
     with pytest.raises(ValueError, match="did you mean `broken`"):
-        P.apply_preset("brokn", target)
+        PR.apply_preset("brokn", target)
 
 
 def test_preset_cli(tmp_path, capsys):

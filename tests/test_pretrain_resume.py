@@ -10,6 +10,7 @@ import time
 import torch
 
 from nanochat_core import stages
+from nanochat_core.checkpoint import latest_step, load_checkpoint
 from nanochat_core.common import REPO_ROOT
 
 TRAIN = dict(seed=0, steps=40, batch_size=4, grad_accum=1, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
@@ -24,7 +25,7 @@ CHILD = """
 import json, sys
 from nanochat_core import stages
 params = json.loads(sys.argv[1])
-stages.pretrain(params, "corpus", "base")
+stages.pretrain(params, "corpus", "base", "tokenizer")
 """
 
 
@@ -50,18 +51,19 @@ def test_sigkilled_pretrain_resumes_and_matches(tmp_path, monkeypatch):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = stages.latest_step(b / "base")
+    killed_at = latest_step(b / "base")
     assert killed_at is not None and killed_at < TRAIN["steps"], "the run finished before it could be killed"
 
     monkeypatch.chdir(b)
-    resumed = stages.pretrain(PARAMS, "corpus", "base")
+    resumed = stages.pretrain(PARAMS, "corpus", "base", "tokenizer")
     assert resumed["resumed_from"] == killed_at
 
     monkeypatch.chdir(a)
-    full = stages.pretrain(PARAMS, "corpus", "base")
+    full = stages.pretrain(PARAMS, "corpus", "base", "tokenizer")
     assert full["resumed_from"] is None
     assert abs(resumed["final_loss"] - full["final_loss"]) / full["final_loss"] <= 1e-3
-    wa, _, _ = stages.load_checkpoint(a / "base")
-    wb, _, _ = stages.load_checkpoint(b / "base")
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in full["history"]]  # the whole run
+    wa, _, _ = load_checkpoint(a / "base")
+    wb, _, _ = load_checkpoint(b / "base")
     for name in wa:
         assert torch.allclose(wa[name], wb[name], rtol=1e-3, atol=1e-5), name

@@ -10,7 +10,8 @@ from nanochat_core.train import ConversationBatches, TokenStream, lr_multiplier,
 CFG = GPTConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, block_pattern="TM", headdim=16,
                 d_state=8, sequence_len=16)
 TRAIN = {"steps": 8, "batch_size": 4, "grad_accum": 2, "checkpoint_every": 3, "log_every": 100, "warmup_frac": 0.25,
-         "warmdown_frac": 0.25, "seed": 5, "keep_last": 5}
+         "warmdown_frac": 0.25, "seed": 5, "keep_last": 5, "matrix_lr": 0.02, "embedding_lr": 0.2,
+         "unembedding_lr": 0.004, "scalar_lr": 0.004, "weight_decay": 0.0, "eval_every": 0}
 
 
 def fresh_model():
@@ -48,6 +49,24 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert abs(out["final_loss"] - ref["final_loss"]) / ref["final_loss"] <= 1e-3
     for (n, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), n
+    # The loss history rides in the checkpoint: the resumed run reports (and plots) all 8 steps.
+    assert [h["step"] for h in out["history"]] == list(range(1, 9))
+    for h, r in zip(out["history"], ref["history"]):
+        assert abs(h["loss"] - r["loss"]) <= 1e-3 * r["loss"], h["step"]
+
+
+def test_a_complete_run_reports_its_real_history(tmp_path):
+    meta = {"config": CFG.to_dict()}
+    ref = train(fresh_model(), stream(), TRAIN, tmp_path, meta)
+    again = train(fresh_model(), stream(), TRAIN, tmp_path, meta)  # nothing left to train
+    assert again["resumed_from"] == TRAIN["steps"]
+    assert again["final_loss"] == ref["final_loss"] and again["history"] == ref["history"]
+
+
+def test_a_missing_training_key_is_an_error_not_a_hidden_default(tmp_path):
+    cfg = {k: v for k, v in TRAIN.items() if k != "matrix_lr"}
+    with pytest.raises(KeyError, match="matrix_lr"):
+        train(fresh_model(), stream(), cfg, tmp_path, {"config": CFG.to_dict()})
 
 
 def test_other_params_start_over_instead_of_resuming(tmp_path):
