@@ -7,9 +7,10 @@ from pathlib import Path
 def register(sub):
     p = sub.add_parser("ask", help="answer a question from the KB with a trained checkpoint, citing sources")
     p.add_argument("question", nargs="+")
-    p.add_argument("--checkpoint", default="checkpoints/refrag", help="a checkpoint directory (default: %(default)s)")
-    p.add_argument("--tokenizer", default="checkpoints/tokenizer/tokenizer.json")
-    p.add_argument("--kb", default="data/kb")
+    # Defaults are the pipeline's own paths, read from dvc.yaml in the working directory.
+    p.add_argument("--checkpoint", help="a checkpoint directory (default: refrag_finetune's --out in dvc.yaml)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the one in pretrain's --tokenizer in dvc.yaml)")
+    p.add_argument("--kb", help="a KB directory (default: build_kb's --kb in dvc.yaml)")
     p.add_argument("--mode", choices=["closed_book", "rag", "refrag"], default="refrag")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--retriever", default="bm25")
@@ -18,15 +19,22 @@ def register(sub):
 
 
 def ask(args):
-    from nanochat_core import rag
+    from nanochat_core import dvcfile
+    from nanochat_core.checkpoint import load_model
+    from nanochat_core.inference import answer_questions
     from nanochat_core.retrieval import KnowledgeBase
-    from nanochat_core.stages import load_model, load_tokenizer
-    tok = load_tokenizer(Path(args.tokenizer))
+    from nanochat_core.tokenizer import Tokenizer
+    if not (args.checkpoint and args.tokenizer and args.kb):
+        stages = dvcfile.load()
+        args.checkpoint = args.checkpoint or dvcfile.stage_paths("refrag_finetune", stages)["out"]
+        args.tokenizer = args.tokenizer or Path(dvcfile.stage_paths("pretrain", stages)["tokenizer"]) / "tokenizer.json"
+        args.kb = args.kb or dvcfile.stage_paths("build_kb", stages)["kb"]
+    tok = Tokenizer.load(Path(args.tokenizer))
     model, meta = load_model(Path(args.checkpoint), tok, "cpu")
     model.eval()
     kb = KnowledgeBase.load(args.kb) if args.mode != "closed_book" else None
     q = {"id": "cli", "type": "cli", "question": " ".join(args.question), "answers": [""], "gold_doc_ids": []}
-    pred = rag.answer_questions(model, tok, [q], args.mode, kb, args.k, args.retriever, args.max_hops)[0]
+    pred = answer_questions(model, tok, [q], args.mode, kb, args.k, args.retriever, args.max_hops)[0]
     for i, query in enumerate(pred["queries"], 1):
         print(f"search {i}: {query}")
     print(pred["raw"].strip())

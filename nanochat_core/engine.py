@@ -5,6 +5,8 @@ then feeds one token per row per step. The tool hook works like nanochat's calcu
 when a row closes a search call (<|search_end|>), the query text between the search
 markers goes to `tool(query) -> list[int]`, and the returned tokens (a documents block) are
 forced into that row one by one, with mask 0 because the model did not produce them.
+After a generation, `engine.queries[b]` lists the queries row b wrote, in order (this is the
+one place that reads search calls out of tokens).
 """
 from collections import deque
 
@@ -60,6 +62,7 @@ class Engine:
         forced = [deque() for _ in range(B)]
         history = [list(p) for p in prompts]  # for reading back search queries
         calls = [0] * B
+        self.queries = [[] for _ in range(B)]
         done = [False] * B
         last = [0] * B
         own = [0] * B  # tokens each row sampled itself
@@ -99,20 +102,21 @@ class Engine:
                     done[b] = True
                     forced[b].clear()
                 elif m == 1 and self.tool is not None and tok == self.search_end:
-                    forced[b].extend(self._call_tool(history[b], calls[b]))
+                    forced[b].extend(self._call_tool(history[b], calls[b], self.queries[b]))
                     calls[b] += 1
             yield tokens, masks
             if all(done):
                 return
             logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]
 
-    def _call_tool(self, history, n_calls):
+    def _call_tool(self, history, n_calls, queries):
         # The query is whatever the model wrote since its last <|search_start|>.
         try:
             start = len(history) - 1 - history[::-1].index(self.search_start)
-            query = self.tokenizer.decode(history[start + 1:-1])
+            query = self.tokenizer.decode(history[start + 1:-1]).strip()
         except ValueError:
             query = ""  # a search_end without a start: search for nothing rather than crash
+        queries.append(query)
         if self.max_tool_calls is not None and n_calls >= self.max_tool_calls:
             return list(self.tool(None))  # the tool decides what "no more searches" looks like
         return list(self.tool(query))

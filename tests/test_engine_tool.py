@@ -57,7 +57,8 @@ def test_tool_hook_forces_documents_into_calling_rows(tok):
     row1 = tok.render_for_completion([{"role": "user", "content": "Where?"}])[:-1]  # ends at user_end: answers directly
     eng = Engine(model, tok, tool=tool)
     out, masks = eng.generate_batch([row0, row1], max_tokens=60, stop_tokens=[sp("<|assistant_end|>")])
-    assert calls == [" Ada"]  # one call, from row 0 only, with the decoded query text
+    assert calls == ["Ada"]  # one call, from row 0 only, with the decoded query text
+    assert eng.queries == [["Ada"], []]  # what each row searched for, read back by inference
     forced = tok.encode_documents(docs)
     expected0 = [sp("<|search_start|>"), q[0], sp("<|search_end|>")] + forced + ans
     assert out[0] == expected0
@@ -82,7 +83,7 @@ def test_max_tool_calls_passes_none(tok):
     eng = Engine(model, tok, tool=tool, max_tool_calls=2)
     prompt = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
     eng.generate_batch([prompt], max_tokens=40, stop_tokens=[sp("<|assistant_end|>")])
-    assert seen[:3] == [" Ada", " Ada", None]
+    assert seen[:3] == ["Ada", "Ada", None]
 
 
 def test_engine_rejects_empty_prompt():
