@@ -21,8 +21,8 @@ from prefect import flow, get_client, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from flows.tracking import create_pipeline_run, open_experiment, tracking_uri
+from nanochat_core import dvcfile
 from nanochat_core.params import load_params
-from steps.common import STAGES
 
 # DVC 3's messages, one per stage it considers.
 _PATTERNS = [
@@ -96,7 +96,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
         for s, o in outcomes.items():
             if o == "ran" and after is not None and s in after:
                 outcomes[s] = "failed"
-    wanted = [s for s in STAGES if s in outcomes or not targets or s in targets]
+    wanted = [s for s in dvcfile.load() if s in outcomes or not targets or s in targets]
     report = {s: outcomes.get(s, "not run") for s in wanted}
 
     rows = "\n".join(f"| {s} | {o} |" for s, o in report.items())
@@ -120,7 +120,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline_flow.description)
     ap.add_argument("targets", nargs="*",
-                    help=f"stages to reproduce (with their upstream); default all: {', '.join(STAGES)}")
+                    help=f"stages to reproduce (with their upstream); default all: {', '.join(dvcfile.load())}")
     ap.add_argument("--force", action="store_true", help="rerun the targets even if unchanged")
     args = ap.parse_args(argv)
     try:

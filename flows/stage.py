@@ -1,6 +1,6 @@
-"""One Prefect flow runs any stage. It is each DVC stage's command:
+"""One Prefect flow runs any stage. It is each DVC stage's command, with the stage's paths:
 
-    python -m flows.stage <stage>
+    python -m flows.stage <stage> --name path [--name path ...]
 
 load (retried: it is I/O) -> run (not retried: training resumes from its step checkpoints
 instead) -> save (retried once), all inside one MLflow run (flows/tracking.py). Without
@@ -12,14 +12,15 @@ flow passes its own server to every stage, so they skip that.
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from prefect import flow, runtime, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from flows.tracking import StageRun
+from nanochat_core import dvcfile
 from nanochat_core.params import load_params
-from steps.common import STAGES
 
 
 def _step(stage):
@@ -28,50 +29,53 @@ def _step(stage):
 
 # NO_CACHE: a stage's inputs can be large (documents, model state); never hash them for a cache key.
 @task(name="load", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_task(stage, params):
-    return _step(stage).load(params)
+def load_task(stage, params, paths):
+    return _step(stage).load(params, paths)
 
 
 @task(name="run", cache_policy=NO_CACHE)
-def run_task(stage, inputs, params, log):
-    return _step(stage).run(inputs, params, log)
+def run_task(stage, inputs, params, paths, log, ctx):
+    return _step(stage).run(inputs, params, paths, log, ctx)
 
 
 @task(name="save", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def save_task(stage, result, params):
-    return _step(stage).save(result, params)
+def save_task(stage, result, params, paths):
+    return _step(stage).save(result, params, paths)
 
 
 @flow(name="stage", flow_run_name="{stage}", log_prints=True)
-def stage_flow(stage: str, params_path: str = "params.yaml") -> dict:
-    """Runs one pipeline stage (steps/<stage>.py) with MLflow tracking and lineage."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+def stage_flow(stage: str, paths: dict[str, str] | None = None, params_path: str = "params.yaml") -> dict:
+    """Runs one pipeline stage (steps/<stage>.py) on its paths (by default those its dvc.yaml
+    command passes), with MLflow tracking and lineage."""
+    declared = dvcfile.stage_paths(stage)  # an unknown stage fails here, listing the real ones
+    paths = declared if paths is None else paths
     params = load_params(params_path)  # refuses bad params before anything runs
-    with StageRun(stage, params, prefect_flow_run_id=runtime.flow_run.id) as tracking:
+    paths = {k: Path(v) for k, v in paths.items()}
+    with StageRun(stage, params, paths, prefect_flow_run_id=runtime.flow_run.id) as tracking:
         # quote(): Prefect would otherwise walk these (possibly huge) objects looking for futures.
-        inputs = load_task(stage, params)
-        result = run_task(stage, quote(inputs), params, tracking.log)
-        saved = save_task(stage, quote(result), params)
+        inputs = load_task(stage, params, paths)
+        result = run_task(stage, quote(inputs), params, paths, tracking.log, tracking.context())
+        saved = save_task(stage, quote(result), params, paths)
         tracking.finish(saved)
-    return {"stage": stage, "mlflow_run_id": tracking.run_id, "metrics": saved["metrics"], "outputs": saved["outputs"]}
+    return {"stage": stage, "mlflow_run_id": tracking.run_id, "metrics": saved["metrics"]}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in STAGES:
-        print(f"usage: python -m flows.stage STAGE\nstages: {', '.join(STAGES)}", file=sys.stderr)
-        return 2
-    stage = argv[0]
     try:
+        names = list(dvcfile.load())
+        if not argv or argv[0] not in names:
+            print(f"usage: python -m flows.stage STAGE --name path ...\nstages: {', '.join(names)}", file=sys.stderr)
+            return 2
+        stage, paths = argv[0], dvcfile.parse_args(argv[1:])
         load_params()  # fail in a second, with the key's name, before Prefect or MLflow start
     except (ValueError, FileNotFoundError) as e:
-        print(f"{stage}: {e}", file=sys.stderr)
+        print(f"{argv[0] if argv else 'flows.stage'}: {e}", file=sys.stderr)
         return 2
     labels = [stage] + ([f"pipeline-{os.environ['NANOCHAT_PIPELINE_RUN_ID'][:8]}"]
                         if os.environ.get("NANOCHAT_PIPELINE_RUN_ID") else [])
     with tags(*labels):
-        state = stage_flow(stage, return_state=True)
+        state = stage_flow(stage, paths, return_state=True)
     return 0 if state.is_completed() else 1
 
 

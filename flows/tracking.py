@@ -6,10 +6,12 @@ Which pipeline run a stage joins:
      stages of one plain `dvc repro` share a parent), or this process when there is none. The
      tag is pid + start time, so a reused pid never joins an old run.
 
-Lineage: after save, each stage writes data/lineage/<stage>.json ({stage, mlflow_run_id,
-inputs, outputs, checkpoint_hash, ...}). A stage links to the runs of its parent stages through
-those files, and only when the parent's recorded output hash equals the hash of what this stage
-actually read (otherwise the record is stale, e.g. after `dvc checkout`, and it says so).
+Lineage: after save, each stage writes its lineage record (its `--lineage` path in dvc.yaml:
+{stage, mlflow_run_id, inputs, outputs, checkpoint_hash, ...}). A stage links to the runs of
+its parent stages (dvc.yaml's graph) through their records, and only when the parent's
+recorded output hash equals the hash of what this stage actually read (otherwise the record
+is stale, e.g. after `dvc checkout`, and it says so). Which of a stage's paths are inputs and
+which are outputs is read from its deps and outs in dvc.yaml.
 
 Everything goes through MlflowClient with explicit run ids (no fluent "active run"), so the
 log callback is safe from any thread a Prefect task runs in.
@@ -23,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
+from nanochat_core import dvcfile
 from nanochat_core.common import atomic_write_json, git_commit, hash_path
 from nanochat_core.params import flatten
-from steps.common import STAGE_SECTIONS, lineage_path
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "nanochat-rag"
@@ -101,13 +103,30 @@ def pipeline_run(client, experiment_id, stage):
     return create_pipeline_run(client, experiment_id, name, tags), True
 
 
-def _params_for(stage, params):
-    flat = flatten({s: params[s] for s in STAGE_SECTIONS.get(stage, []) if s in params})
+def _params_for(stage, params, stages):
+    flat = flatten({s: params[s] for s in dvcfile.sections(stage, stages) if s in params})
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flat.items()}
 
 
-def read_lineage(stage):
-    p = lineage_path(stage)
+def lineage_file(stage, stages):
+    """A stage's lineage record: its `--lineage` path in dvc.yaml. It is an out of its stage
+    but a dep of none, so its per-run content (an MLflow run id) never reruns anything."""
+    return Path(dvcfile.stage_paths(stage, stages)["lineage"])
+
+
+def io_paths(stage, paths, stages):
+    """(inputs, outputs): which of the stage's command paths dvc.yaml lists as deps and outs."""
+    entry = stages[stage]
+    norm = lambda p: os.path.normpath(str(p))
+    deps = {norm(d) for d in dvcfile.listed(entry.get("deps"))}
+    outs = {norm(o) for o in dvcfile.listed(entry.get("outs"))}
+    inputs = {k: p for k, p in paths.items() if norm(p) in deps}
+    outputs = {k: p for k, p in paths.items() if norm(p) in outs and k != "lineage"}
+    return inputs, outputs
+
+
+def read_lineage(stage, stages):
+    p = lineage_file(stage, stages)
     if not p.is_file():
         return None
     try:
@@ -119,8 +138,9 @@ def read_lineage(stage):
 class StageRun:
     """with StageRun(stage, params) as run: ... run.log(metrics, step) ... run.finish(saved)"""
 
-    def __init__(self, stage, params, prefect_flow_run_id=None):
-        self.stage, self.params, self.prefect_flow_run_id = stage, params, prefect_flow_run_id
+    def __init__(self, stage, params, paths, prefect_flow_run_id=None, dvc_yaml="dvc.yaml"):
+        self.stage, self.params, self.paths, self.prefect_flow_run_id = stage, params, paths, prefect_flow_run_id
+        self.stages = dvcfile.load(dvc_yaml)
         self.commit = git_commit()
         self._last_line = 0.0
 
@@ -133,13 +153,14 @@ class StageRun:
         if self.prefect_flow_run_id:
             tags["nanochat.prefect_flow_run_id"] = str(self.prefect_flow_run_id)
         self.run_id = self.client.create_run(self.experiment_id, run_name=self.stage, tags=tags).info.run_id
-        params = [Param(k, v[:6000]) for k, v in _params_for(self.stage, self.params).items()]
+        params = [Param(k, v[:6000]) for k, v in _params_for(self.stage, self.params, self.stages).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
-        # Seen by the stage (nanochat_core.stages.make_lineage) and by any process it starts (torchrun).
-        os.environ.update(NANOCHAT_STAGE=self.stage, NANOCHAT_MLFLOW_RUN_ID=self.run_id,
-                          NANOCHAT_GIT_COMMIT=self.commit)
         return self
+
+    def context(self):
+        """The run context the core writes into checkpoint lineage."""
+        return {"mlflow_run_id": self.run_id, "pipeline_run_id": self.pipeline_run_id, "git_commit": self.commit}
 
     def log(self, metrics, step=None):
         """The stage's log callback: MLflow step metrics plus one line in the Prefect log."""
@@ -158,13 +179,15 @@ class StageRun:
     def finish(self, saved):
         """Final metrics, artifacts, lineage tags, data/lineage/<stage>.json, registry."""
         c, rid = self.client, self.run_id
-        inputs = {_rel(p): hash_path(p) for p in saved["inputs"].values()}
-        outputs = {_rel(p): hash_path(p) for p in saved["outputs"].values()}
+        ins, outs = io_paths(self.stage, self.paths, self.stages)
+        inputs = {_rel(p): hash_path(p) for p in [*ins.values(), *saved["inputs"].values()]}
+        outputs = {_rel(p): hash_path(p) for p in outs.values()}
+        parents = dvcfile.parents(self.stage, self.stages)
         parent_ids, parent_ckpts, warnings = [], [], []
-        for parent in saved["parent_stages"]:
-            rec = read_lineage(parent)
+        for parent in parents:
+            rec = read_lineage(parent, self.stages)
             if rec is None:
-                warnings.append(f"{parent}: no lineage record at {lineage_path(parent)}")
+                warnings.append(f"{parent}: no lineage record at {lineage_file(parent, self.stages)}")
                 continue
             stale = [p for p, h in inputs.items() if p in rec.get("outputs", {}) and rec["outputs"][p] != h]
             if stale:
@@ -180,7 +203,7 @@ class StageRun:
             c.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in saved["metrics"].items()])
         tags = {
             "nanochat.parent_run_ids": ",".join(parent_ids),
-            "nanochat.parent_stages": ",".join(saved["parent_stages"]),
+            "nanochat.parent_stages": ",".join(parents),
             "nanochat.parent_checkpoint_hash": ",".join(parent_ckpts),
             "nanochat.checkpoint_hash": saved["checkpoint_hash"] or "",
             "nanochat.data_hashes": json.dumps(inputs, sort_keys=True),
@@ -196,14 +219,15 @@ class StageRun:
                   "inputs": inputs, "outputs": outputs, "parent_run_ids": parent_ids,
                   "checkpoint_hash": saved["checkpoint_hash"], "git_commit": self.commit,
                   "tracking_uri": tracking_uri(self.params)}
-        atomic_write_json(lineage_path(self.stage), record)
+        own = lineage_file(self.stage, self.stages)
+        atomic_write_json(own, record)
         for a in saved["artifacts"]:
             a = Path(a)
             if a.is_dir():
                 c.log_artifacts(rid, str(a), artifact_path=a.name)
             elif a.is_file():
                 c.log_artifact(rid, str(a))
-        c.log_artifact(rid, str(lineage_path(self.stage)), artifact_path="lineage")
+        c.log_artifact(rid, str(own), artifact_path="lineage")
         if self.stage in REGISTERED_MODELS and self.params.get("tracking", {}).get("register_models", True):
             self._register(saved)
 
@@ -212,10 +236,10 @@ class StageRun:
         tokenizer hash, lineage, file hashes) and, with tracking.log_model_weights, the weights;
         otherwise the weights stay in the DVC cache, found by the version's tags."""
         from nanochat_core.checkpoint import latest_step, load_meta
-        ckpt = Path(saved["outputs"].get("checkpoint", ""))
+        ckpt = Path(self.paths.get("out", ""))
         step = latest_step(ckpt) if ckpt.is_dir() else None
         if step is None:
-            _prefect_logger().warning(f"{self.stage}: no checkpoint in outputs['checkpoint']; nothing registered")
+            _prefect_logger().warning(f"{self.stage}: no checkpoint in its --out path; nothing registered")
             return
         meta = load_meta(ckpt, step)  # verified against its own hash
         files = [ckpt / f"meta_{step:06d}.json"]
@@ -246,8 +270,6 @@ class StageRun:
         if self.owns_pipeline:
             # A plain `dvc repro` has no end hook: the pipeline run shows its latest stage's outcome.
             self.client.set_terminated(self.pipeline_run_id, status)
-        for k in ("NANOCHAT_STAGE", "NANOCHAT_MLFLOW_RUN_ID"):
-            os.environ.pop(k, None)
         return False
 
 

@@ -11,7 +11,7 @@ def main(argv=None):
     # Each group registers its own subparsers; imports stay lazy so `nanochat --help` is fast.
     from nanochat_core.retrieval import cli as retrieval_cli
     retrieval_cli.register(sub)
-    __import__("nanochat_core.params", fromlist=["register"]).register(sub)  # `nanochat preset`
+    __import__("nanochat_core.presets", fromlist=["register"]).register(sub)  # `nanochat preset`
     from nanochat_core import chat_cli
     chat_cli.register(sub)
     args = parser.parse_args(argv)

@@ -1,48 +1,29 @@
 """What every stage adapter shares. A stage is `steps/<stage>.py` with three functions, which
 flows/stage.py runs as Prefect tasks inside one MLflow run:
 
-    load(params) -> inputs              read the stage's inputs (paths fixed by dvc.yaml), validate them
-    run(inputs, params, log) -> result  call the core; log(metrics: dict, step: int | None) reports
-                                        progress (the flow sends it to MLflow and the Prefect log;
-                                        the core never sees MLflow)
-    save(result, params) -> dict        write the outputs atomically and describe them:
-        {"metrics": {name: float}, "artifacts": [paths to log], "outputs": {name: path},
-         "inputs": {name: path}, "parent_stages": [stages whose outputs were read],
-         "checkpoint_hash": str | None}          (build it with stage_result())
+    load(params, paths) -> inputs                read and check the stage's inputs
+    run(inputs, params, paths, log, ctx) -> result
+                                                 call the core; log(metrics, step) reports progress
+                                                 (the flow sends it to MLflow and the Prefect log;
+                                                 the core never sees MLflow); ctx is the run context
+                                                 ({"mlflow_run_id", "pipeline_run_id", "git_commit"})
+                                                 that goes into checkpoint lineage
+    save(result, params, paths) -> dict          write the outputs atomically and describe them
+                                                 with stage_result()
 
-`params` is the whole validated params.yaml. Paths are relative to the working directory
-(the repository root under DVC). While a stage runs, NANOCHAT_MLFLOW_RUN_ID names the MLflow
-run that records it; nanochat_core.stages.make_lineage writes it into each checkpoint's lineage.
-After save, the flow writes data/lineage/<stage>.json: the next stage links its MLflow run to
-this one through it.
+`params` is the whole validated params.yaml; `paths` ({name: Path}) are the `--name path` pairs
+of the stage's command in dvc.yaml, the only place a path is written. The flow works out from
+dvc.yaml which of them are inputs and outputs (to hash them into the lineage) and which stages
+are the parents.
 """
 import math
 from pathlib import Path
 
+from nanochat_core import stages
 from nanochat_core.checkpoint import checkpoint_hash, latest_step
 from nanochat_core.common import atomic_write_json
 from nanochat_core.params import flatten
 from nanochat_core.report import loss_plot
-
-# The DVC stages, in pipeline order, and the params.yaml sections each reads (dvc.yaml lists
-# the same sections; tests/test_flows.py keeps the two in step).
-STAGES = ("prepare_documents", "build_kb", "pretrain", "midtrain", "rag_finetune", "refrag_finetune", "evaluate")
-STAGE_SECTIONS = {
-    "prepare_documents": ["documents"],
-    "build_kb": ["kb"],
-    "pretrain": ["tokenizer", "model", "pretrain"],
-    "midtrain": ["midtrain"],
-    "rag_finetune": ["rag_finetune"],
-    "refrag_finetune": ["refrag_finetune"],
-    "evaluate": ["evaluate"],
-}
-LINEAGE_DIR = Path("data/lineage")
-
-
-def lineage_path(stage) -> Path:
-    # Outside the directories the next stage depends on: the record names an MLflow run id,
-    # which differs on every run, and must not make DVC rerun downstream stages.
-    return LINEAGE_DIR / f"{stage}.json"
 
 
 def numeric_leaves(d, prefix="") -> dict:
@@ -52,33 +33,47 @@ def numeric_leaves(d, prefix="") -> dict:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def stage_result(metrics=None, artifacts=(), outputs=None, inputs=None, parent_stages=(), checkpoint_hash=None):
-    """save()'s return value, checked: the flow logs and hashes exactly what this names."""
+def stage_result(metrics=None, artifacts=(), checkpoint_hash=None, inputs=None):
+    """save()'s return value: the metrics and files the flow logs to MLflow. `inputs` names
+    what the stage read beyond its dvc.yaml paths (a user's own documents), for the lineage."""
     metrics = {str(k): float(v) for k, v in (metrics or {}).items()}
-    for name, p in {**(outputs or {}), **(inputs or {})}.items():
-        if not Path(p).exists():
-            raise FileNotFoundError(f"stage path {name}={p} does not exist")
-    unknown = [s for s in parent_stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown parent stage(s) {unknown}; stages are {', '.join(STAGES)}")
-    return {"metrics": metrics, "artifacts": [str(a) for a in artifacts],
-            "outputs": {k: str(v) for k, v in (outputs or {}).items()},
-            "inputs": {k: str(v) for k, v in (inputs or {}).items()},
-            "parent_stages": list(parent_stages), "checkpoint_hash": checkpoint_hash}
+    missing = [str(a) for a in artifacts if not Path(a).exists()]
+    if missing:
+        raise FileNotFoundError(f"stage artifact(s) {missing} do not exist")
+    return {"metrics": metrics, "artifacts": [str(a) for a in artifacts], "checkpoint_hash": checkpoint_hash,
+            "inputs": {k: str(v) for k, v in (inputs or {}).items()}}
 
 
-def save_training(stage, result, out, inputs, parents, extra_outputs=None):
+def save_training(stage, result, paths):
     """Shared by every training stage: summary JSON, loss curve (CSV for dvc plots + PNG)."""
     summary = {k: v for k, v in result.items() if k != "history"}
-    atomic_write_json(Path(f"reports/{stage}.json"), summary)
-    # Always written (DVC expects the plot files), even for a run that was already complete.
-    plots = Path("reports/plots")
-    loss_plot(result["history"], stage, plots / f"train_loss_{stage}.csv", plots / f"train_loss_{stage}.png")
-    last = result["history"][-1] if result["history"] else {}
+    atomic_write_json(paths["summary"], summary)
+    # Always written (DVC expects the plot files); the history is the whole run's, from the checkpoint.
+    loss_plot(result["history"], stage, paths["loss_csv"], paths["loss_png"])
+    last = next((h for h in reversed(result["history"]) if "tokens_per_s" in h), {})
     metrics = {"final_loss": result["final_loss"], "steps": result["steps"], "seconds": result["seconds"]}
-    metrics.update({k: v for k, v in last.items() if k in ("val_bpb", "tokens_per_s")})
-    step = latest_step(out)
-    meta = [] if step is None else [out / f"meta_{step:06d}.json"]
-    return stage_result(metrics=metrics, artifacts=[Path(f"reports/{stage}.json"), *meta, plots / f"train_loss_{stage}.png"],
-                        outputs={"checkpoint": out, **(extra_outputs or {})}, inputs=inputs, parent_stages=parents,
+    metrics.update({k: v for k, v in last.items() if k in ("val_bpb", "val_loss", "tokens_per_s")})
+    out = paths["out"]
+    meta = out / f"meta_{latest_step(out):06d}.json"
+    return stage_result(metrics=metrics, artifacts=[paths["summary"], meta, paths["loss_png"]],
                         checkpoint_hash=checkpoint_hash(out))
+
+
+def finetune_step(stage, conversations):
+    """load/run/save of a fine-tuning stage: `conversations(section, qa_train, kb)` builds its
+    training set from the parent stage's checkpoint, the train questions and the KB."""
+    def load(params, paths):
+        from nanochat_core.common import read_jsonl
+        from nanochat_core.retrieval import KnowledgeBase
+        if latest_step(paths["parent"]) is None:  # fail in load, naming the missing input
+            raise FileNotFoundError(f"no checkpoint in {paths['parent']}; run the stage that trains it (`dvc repro`)")
+        return {"qa": read_jsonl(paths["qa"] / "train.jsonl"), "kb": KnowledgeBase.load(paths["kb"])}
+
+    def run(inputs, params, paths, log, ctx):
+        convs = conversations(params[stage], inputs["qa"], inputs["kb"])
+        return stages.finetune(stage, params, convs, paths["parent"], paths["out"], paths["tokenizer"] / "tokenizer.json",
+                               run=ctx, log=log, data={"qa_train": paths["qa"] / "train.jsonl", "kb": paths["kb"]})
+
+    def save(result, params, paths):
+        return save_training(stage, result, paths)
+    return load, run, save

@@ -10,11 +10,8 @@ from nanochat_core.common import atomic_write_json
 from nanochat_core.data.prepare import prepare_documents
 from steps.common import numeric_leaves, stage_result
 
-OUT = Path("data")
-SUMMARY = Path("reports/prepare_documents.json")
 
-
-def load(params):
+def load(params, paths):
     # The only inputs are the user's own sources (python_docs comes with Python); the core
     # reads them, this only checks they are there before anything is written.
     sources = {}
@@ -27,21 +24,17 @@ def load(params):
     return {"sources": sources}
 
 
-def run(inputs, params, log):
-    summary = prepare_documents(params["documents"], OUT)
+def run(inputs, params, paths, log, ctx):
+    summary = prepare_documents(params["documents"], paths["documents"], paths["corpus"], paths["qa"])
     log({"documents": summary["documents"]["count"], "corpus_chars": summary["corpus"]["chars"],
          **{f"qa_{name}": qa["count"] for name, qa in summary["qa"].items()}}, None)
     return {"summary": summary, "sources": inputs["sources"]}
 
 
-def save(result, params):
+def save(result, params, paths):
     summary = result["summary"]
     # Counts only: the files' hashes are in the lineage record, and as strings they would
     # only clutter `dvc metrics show`.
-    atomic_write_json(SUMMARY, {k: v for k, v in summary.items() if k != "sha256"})
-    return stage_result(
-        metrics=numeric_leaves({k: summary[k] for k in ("documents", "corpus", "qa", "world", "skipped")}),
-        artifacts=[SUMMARY],
-        outputs={"documents": OUT / "documents.jsonl", "corpus": OUT / "corpus", "qa": OUT / "qa"},
-        inputs=result["sources"],
-    )
+    atomic_write_json(paths["summary"], {k: v for k, v in summary.items() if k != "sha256"})
+    return stage_result(metrics=numeric_leaves({k: summary[k] for k in ("documents", "corpus", "qa", "world", "skipped")}),
+                        artifacts=[paths["summary"]], inputs=result["sources"])

@@ -1,22 +1,17 @@
-"""pretrain: data/corpus + params.{tokenizer,model,pretrain} -> checkpoints/tokenizer,
-checkpoints/base (step checkpoints; a killed run resumes from the last one)."""
-from pathlib import Path
-
+"""pretrain: the corpus + params.{tokenizer,model,pretrain} -> the tokenizer and the base
+checkpoint (step checkpoints; a killed run resumes from the last one). Paths: dvc.yaml."""
 from nanochat_core import stages
 from steps.common import save_training
 
-CORPUS, OUT = Path("data/corpus"), Path("checkpoints/base")
+
+def load(params, paths):
+    stages.read_corpus(paths["corpus"])  # fail early, naming the missing input
+    return {}
 
 
-def load(params):
-    stages.read_corpus(CORPUS)  # fail early, naming the missing input
-    return {"corpus": CORPUS}
+def run(inputs, params, paths, log, ctx):
+    return stages.pretrain(params, paths["corpus"], paths["out"], paths["tokenizer"], run=ctx, log=log)
 
 
-def run(inputs, params, log):
-    return stages.pretrain(params, inputs["corpus"], OUT, log)
-
-
-def save(result, params):
-    return save_training("pretrain", result, OUT, {"corpus": CORPUS}, ["prepare_documents"],
-                         extra_outputs={"tokenizer": stages.TOKENIZER_PATH})
+def save(result, params, paths):
+    return save_training("pretrain", result, paths)

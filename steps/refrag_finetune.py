@@ -1,19 +1,6 @@
-"""refrag_finetune: checkpoints/rag + data/qa + data/kb + params.refrag_finetune -> checkpoints/refrag."""
-from pathlib import Path
-
+"""refrag_finetune: the parent checkpoint + QA train + KB + params.refrag_finetune -> a checkpoint (paths: dvc.yaml).
+What it trains on: nanochat_core.stages.refrag_conversations."""
 from nanochat_core import stages
-from steps.common import save_training
+from steps.common import finetune_step
 
-QA, KB, PARENT, OUT = Path("data/qa"), Path("data/kb"), Path("checkpoints/rag"), Path("checkpoints/refrag")
-
-
-def load(params):
-    return {"qa": QA, "kb": KB, "parent": PARENT}
-
-
-def run(inputs, params, log):
-    return stages.refrag_finetune(params, inputs["qa"], inputs["kb"], inputs["parent"], OUT, log)
-
-
-def save(result, params):
-    return save_training("refrag_finetune", result, OUT, {"qa": QA, "kb": KB, "parent": PARENT}, ["rag_finetune", "build_kb", "prepare_documents"])
+load, run, save = finetune_step("refrag_finetune", stages.refrag_conversations)

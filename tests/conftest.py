@@ -13,7 +13,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture
 def reference_data():
-    from nanochat_core.common import reference_data_dir
+    from benchmarks import reference_data_dir
     d = reference_data_dir()
     if not d.exists():
         pytest.skip(f"reference data not found at {d} (set NANOCHAT_REFERENCE_DATA)")

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nanochat_core import dvcfile
 from nanochat_core.common import REPO_ROOT, sha256_file
-from steps.common import STAGE_SECTIONS, STAGES
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+STAGES = list(DVC_YAML)
 TRAINING_CHECKPOINTS = {"pretrain": "checkpoints/base", "midtrain": "checkpoints/mid",
                         "rag_finetune": "checkpoints/rag", "refrag_finetune": "checkpoints/refrag"}
 
@@ -38,9 +39,10 @@ def _entries(items):
 
 
 def test_dvc_yaml_stages_and_commands():
-    assert list(DVC_YAML) == list(STAGES)
+    assert STAGES == ["prepare_documents", "build_kb", "pretrain", "midtrain", "rag_finetune", "refrag_finetune",
+                      "evaluate"]
     for name, st in DVC_YAML.items():
-        assert st["cmd"] == f"python -m flows.stage {name}"
+        assert " ".join(st["cmd"].split()).startswith(f"python -m flows.stage {name} --"), name
     assert importlib.util.find_spec("flows.stage") is not None
     r = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -56,7 +58,17 @@ def test_dvc_params_exist_and_match_the_stage_sections():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{name}: params key {key} not in params.yaml"
                 node = node[part]
-        assert keys == STAGE_SECTIONS[name], name  # the flow logs exactly these to MLflow
+        assert keys == dvcfile.sections(name, DVC_YAML), name  # the flow logs exactly these to MLflow
+
+
+def test_stage_parents_come_from_the_dvc_graph():
+    parents = {s: dvcfile.parents(s, DVC_YAML) for s in STAGES}
+    assert parents == {
+        "prepare_documents": [], "build_kb": ["prepare_documents"], "pretrain": ["prepare_documents"],
+        "midtrain": ["prepare_documents", "build_kb", "pretrain"],
+        "rag_finetune": ["prepare_documents", "build_kb", "pretrain", "midtrain"],
+        "refrag_finetune": ["prepare_documents", "build_kb", "pretrain", "rag_finetune"],
+        "evaluate": ["prepare_documents", "build_kb", "pretrain", "midtrain", "rag_finetune", "refrag_finetune"]}
 
 
 def test_dvc_outs_follow_the_file_contracts():
@@ -114,13 +126,15 @@ def ran(tmp_path_factory):
     from flows.stage import stage_flow
     ws = tmp_path_factory.mktemp("ws")
     tiny_params(ws / "params.yaml")
+    shutil.copy(REPO_ROOT / "dvc.yaml", ws / "dvc.yaml")
     mp = pytest.MonkeyPatch()
     mp.chdir(ws)
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ws}/mlflow.db")
     mp.delenv("NANOCHAT_PIPELINE_RUN_ID", raising=False)
     try:
         with prefect_test_harness(server_startup_timeout=120):
-            states = {s: stage_flow(s, return_state=True) for s in ("prepare_documents", "build_kb")}
+            states = {s: stage_flow(s, dvcfile.stage_paths(s, DVC_YAML), return_state=True)
+                      for s in ("prepare_documents", "build_kb")}
             task_runs = {s: _task_runs(st.state_details.flow_run_id) for s, st in states.items()}
         yield {"ws": ws, "states": states, "task_runs": task_runs}
     finally:
@@ -193,7 +207,10 @@ def test_bad_params_fail_before_prefect_starts(tmp_path):
     p = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     p["kb"]["retreivers"] = p["kb"].pop("retrievers")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
-    r = subprocess.run([sys.executable, "-m", "flows.stage", "build_kb"], cwd=tmp_path, capture_output=True, text=True)
+    shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    args = [w for k, v in dvcfile.stage_paths("build_kb", DVC_YAML).items() for w in (f"--{k}", v)]
+    r = subprocess.run([sys.executable, "-m", "flows.stage", "build_kb", *args], cwd=tmp_path,
+                       capture_output=True, text=True)
     assert r.returncode == 2
     assert "kb.retreivers" in r.stderr and "did you mean `retrievers`" in r.stderr
     assert "Starting temporary server" not in r.stderr  # refused before any flow (no wall-clock bound: flaky under load)
@@ -261,12 +278,13 @@ def micro_params(dst):
     Path(dst).write_text(yaml.safe_dump(p, sort_keys=False))
 
 
+@pytest.mark.pipeline
 def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
-    # Not marked slow on purpose (~3 min): it is the one test that runs every stage for real.
+    # Its own marker (~3 min), run by .ci/run as its own step: the one test of every stage for real.
     """All seven stages under one `dvc repro`: one MLflow run per stage under one pipeline
     run; following parent links from the REFRAG run reaches the run that wrote
-    data/documents.jsonl, whose recorded hash is the file's; a second repro is a no-op and an
-    evaluate param change reruns only evaluate."""
+    data/documents.jsonl, whose recorded hash is the file's; a second repro is a no-op; editing
+    scoring code (metrics.py) or an evaluate param reruns only evaluate."""
     _repo_copy(tmp_path)
     micro_params(tmp_path / "params.yaml")
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
@@ -295,6 +313,12 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     assert outputs["data/documents.jsonl"] == sha256_file(tmp_path / "data" / "documents.jsonl")
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
+    # Editing scoring retrains nothing: after an edit to metrics.py, dvc status lists evaluate alone.
+    with open(tmp_path / "nanochat_core" / "metrics.py", "a") as f:
+        f.write("\n# an edit to scoring\n")
+    r = subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(r.stdout)) == ["evaluate"], r.stdout
     p = yaml.safe_load((tmp_path / "params.yaml").read_text())
     p["evaluate"]["max_new_tokens"] = 5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

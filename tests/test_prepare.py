@@ -35,6 +35,12 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def prepare(params, d):
+    """prepare_documents into one directory, laid out as dvc.yaml lays out data/."""
+    d = Path(d)
+    return prepare_documents(params, d / "documents.jsonl", d / "corpus", d / "qa")
+
+
 def states(text, *parts):
     return any(all(p in s for p in parts) for s in split_sentences(text))
 
@@ -42,7 +48,7 @@ def states(text, *parts):
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     d = tmp_path_factory.mktemp("prep")
-    summary = prepare_documents(SMALL, d)
+    summary = prepare(SMALL, d)
     docs = {x["id"]: x for x in load_documents(d / "documents.jsonl")}
     shards = sorted((d / "corpus").glob("shard_*.jsonl"))
     corpus = [r for s in shards for r in read_jsonl(s)]
@@ -56,12 +62,12 @@ def output_files(d):
 
 def test_same_seed_same_bytes_other_seed_differs(out, tmp_path):
     d, summary, *_ = out
-    again = prepare_documents(SMALL, tmp_path / "a")
+    again = prepare(SMALL, tmp_path / "a")
     assert output_files(tmp_path / "a") == output_files(d)
     for f in output_files(d):
         assert (tmp_path / "a" / f).read_bytes() == (d / f).read_bytes(), f
     assert again == summary
-    other = prepare_documents(with_seed(12), tmp_path / "b")
+    other = prepare(with_seed(12), tmp_path / "b")
     for f in ("documents.jsonl", "qa/train.jsonl", "qa/test.jsonl"):
         assert other["sha256"][f] != summary["sha256"][f]
 
@@ -145,7 +151,7 @@ def test_real_text_in_kb_on_request_and_stale_shards_removed(tmp_path):
     p = copy.deepcopy(SMALL)
     p.update(sources=[{"type": "jsonl", "path": str(src)}], kb_include_real_text=True)
     p["corpus"]["shard_chars"] = 5_000
-    s1 = prepare_documents(p, tmp_path / "o")
+    s1 = prepare(p, tmp_path / "o")
     docs = load_documents(tmp_path / "o" / "documents.jsonl")
     mine = [x for x in docs if x["source"] == str(src)]
     assert [x["text"] for x in mine] == ["Lorem ipsum quux."] and mine[0]["id"] == "mine:mine.jsonl:1"
@@ -155,7 +161,7 @@ def test_real_text_in_kb_on_request_and_stale_shards_removed(tmp_path):
               for line in f.read_text().splitlines()]
     assert {"text": "Lorem ipsum quux.", "source": str(src)} in corpus
     p["corpus"]["shard_chars"] = 10_000_000
-    s2 = prepare_documents(p, tmp_path / "o")
+    s2 = prepare(p, tmp_path / "o")
     assert s1["corpus"]["shards"] > 1 and s2["corpus"]["shards"] == 1
     assert [f.name for f in (tmp_path / "o" / "corpus").iterdir()] == ["shard_00000.jsonl"]
 
@@ -164,7 +170,7 @@ def test_bad_source_fails_naming_the_file(tmp_path):
     p = copy.deepcopy(SMALL)
     p["sources"] = [{"type": "text", "path": str(tmp_path / "gone.txt")}]
     with pytest.raises(ValueError, match="gone.txt does not exist"):
-        prepare_documents(p, tmp_path / "o")
+        prepare(p, tmp_path / "o")
     assert not (tmp_path / "o" / "documents.jsonl").exists()
 
 
@@ -207,7 +213,9 @@ def test_deterministic_across_processes(out, tmp_path):
     # seed writes the same bytes.
     summary = out[1]
     code = ("import json, sys; from nanochat_core.data.prepare import prepare_documents; "
-            "print(json.dumps(prepare_documents(json.loads(sys.argv[1]), sys.argv[2])['sha256']))")
+            "from pathlib import Path; d = Path(sys.argv[2]); "
+            "print(json.dumps(prepare_documents(json.loads(sys.argv[1]), d / 'documents.jsonl', d / 'corpus', "
+            "d / 'qa')['sha256']))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     res = subprocess.run([sys.executable, "-c", code, json.dumps(SMALL), str(tmp_path / "p")], env=env,
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
@@ -222,9 +230,9 @@ def test_duplicate_ids_across_sources_are_refused(tmp_path):
     p = copy.deepcopy(SMALL)
     p["sources"] = [{"type": "dir", "path": str(a), "name": "n"}, {"type": "dir", "path": str(b), "name": "n"}]
     with pytest.raises(ValueError, match="document id 'n:notes.txt' comes from both .*give one of the sources a different `name`"):
-        prepare_documents(p, tmp_path / "o")
+        prepare(p, tmp_path / "o")
     p["sources"][1]["name"] = "m"
-    assert prepare_documents(p, tmp_path / "o")["corpus"]["by_source"]["real_text"] > 2
+    assert prepare(p, tmp_path / "o")["corpus"]["by_source"]["real_text"] > 2
 
 
 def test_world_corpus_lines_list_exactly_the_people_they_name(out):

@@ -5,8 +5,11 @@ import re
 
 import pytest
 
-from nanochat_core import rag
+from nanochat_core import rag, stages
 from nanochat_core.data.world import ABSTAIN
+from nanochat_core.evaluation import score
+from nanochat_core.inference import parse_answer
+from nanochat_core.params import DEFAULTS
 
 QA = {"id": "q", "type": "single", "question": "Where was Ada Lovi born?", "answers": ["Kiko"],
       "gold_doc_ids": [["p1"]], "relation": "person.born_in"}
@@ -22,9 +25,9 @@ def test_reading_conversation_cites_gold_or_abstains():
 
 
 def test_parse_answer():
-    assert rag.parse_answer("Kiko [2]") == ("Kiko", [2])
-    assert rag.parse_answer("Kiko [1] [3]") == ("Kiko", [1, 3])
-    assert rag.parse_answer(ABSTAIN) == (ABSTAIN, [])
+    assert parse_answer("Kiko [2]") == ("Kiko", [2])
+    assert parse_answer("Kiko [1] [3]") == ("Kiko", [1, 3])
+    assert parse_answer(ABSTAIN) == (ABSTAIN, [])
 
 
 def test_swap_answer_replaces_whole_words_only():
@@ -38,11 +41,11 @@ def test_swap_answer_replaces_whole_words_only():
 
 def test_score_supported_and_hallucinated():
     pred = {"prediction": "Kiko", "citations": [2], "documents": [DOCS]}
-    row = rag.score([QA], [pred])[0]
+    row = score([QA], [pred])[0]
     assert row["em"] == 1.0 and row["hallucinated"] == 0.0 and row["citation_precision"] == 1.0
     assert row["retrieval_recall"] == 1.0
     wrong = {"prediction": "Paris", "citations": [1], "documents": [DOCS]}
-    row = rag.score([QA], [wrong])[0]
+    row = score([QA], [wrong])[0]
     assert row["em"] == 0.0 and row["hallucinated"] == 1.0 and row["citation_precision"] == 0.0
 
 
@@ -91,7 +94,7 @@ def test_world_drills_answer_from_the_shown_documents_or_abstain():
             if reply["content"] == ABSTAIN:
                 abstained += 1
                 continue
-            text, cites = rag.parse_answer(reply["content"])
+            text, cites = parse_answer(reply["content"])
             assert len(shown) == 1 and text in shown[0]["text"]  # copyable from the subject's document...
             assert cites == [docs.index(shown[0]) + 1]  # ...which is the one cited
     # missing facts and unseen subjects give some abstentions, not most
@@ -102,13 +105,15 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
     from types import SimpleNamespace
 
     from nanochat_core.data.world import build_world
-    from nanochat_core.stages import _drills
     real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
     kb = SimpleNamespace(docs=real.kb_documents())
     people = [d["title"].lower() for d in kb.docs if d["metadata"]["entity_type"] == "person"]
     places = {d["title"] for d in kb.docs if d["metadata"]["entity_type"] != "person"}
-    p = {"seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "drill_docs": 4}
-    convs = _drills(p, kb, random.Random(0))
+    p = {**DEFAULTS["midtrain"], "seed": 1, "drills": 25, "drill_questions": 3, "drill_people": 100, "drill_docs": 4}
+
+    def _drills(p):
+        return stages.midtrain_conversations(p, [], kb)  # no questions: the drills alone
+    convs = _drills(p)
     assert len(convs) == 25
     shown = set()
     for c in convs:
@@ -118,8 +123,8 @@ def test_stage_drills_share_the_kbs_places_but_never_its_people():
             assert not any(d["title"].lower() in r or r in d["title"].lower() for r in people)
             shown |= {n for n in places if n in d["text"]}
     assert len(shown) > len(places) / 2  # the drills' answers are the KB's places, companies, universities
-    assert _drills({**p, "drills": 0}, kb, random.Random(0)) == []
-    assert all(len(c[1]["documents"]) == 1 for c in _drills({**p, "drill_docs": 1}, kb, random.Random(0)))
+    assert _drills({**p, "drills": 0}) == []
+    assert all(len(c[1]["documents"]) == 1 for c in _drills({**p, "drill_docs": 1}))
 
 
 def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
@@ -128,11 +133,10 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
     left-out subject document means abstaining, and an answer is read from the cited one."""
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
-    from nanochat_core.stages import _retrieved_drills
     real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
     kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
-    p = {"seed": 1, "drills": 300, "drill_people": 100, "k": 3, "retriever": "bm25", "abstain_frac": 0.2}
-    convs = _retrieved_drills(p, kb, random.Random(0))
+    p = {**DEFAULTS["rag_finetune"], "seed": 1, "drills": 300, "drill_people": 100, "k": 3, "abstain_frac": 0.2}
+    convs = stages.rag_conversations(p, [], kb)
     assert len(convs) == 300
     first = abstained = left_out = distractors = naming = 0
     for user, block, reply in convs:
@@ -143,7 +147,7 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
             abstained += 1
             left_out += not subject
             continue
-        text, cites = rag.parse_answer(reply["content"])
+        text, cites = parse_answer(reply["content"])
         assert len(subject) == 1 and text in subject[0]["text"] and cites == [docs.index(subject[0]) + 1]
         first += cites == [1]
         name = set(subject[0]["title"].lower().split())
@@ -157,7 +161,7 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
     # Many distractors name the subject (a company it founded, a city's natives): the hard
     # kind, which random documents rarely are (a name is in a few % of this world's docs).
     assert naming / distractors > 0.3
-    assert _retrieved_drills({**p, "drills": 0}, kb, random.Random(0)) == []
+    assert stages.rag_conversations({**p, "drills": 0}, [], kb) == []
 
 
 def test_trajectory_drills_search_for_names_they_can_copy():
@@ -166,13 +170,11 @@ def test_trajectory_drills_search_for_names_they_can_copy():
     real person, and the answer is in the last block: copying, not recall, solves them."""
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
-    from nanochat_core.stages import _trajectory_drills
     real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
     kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
     people = {d["title"] for d in kb.docs if d["metadata"]["entity_type"] == "person"}
-    p = {"seed": 1, "drills": 200, "drill_people": 100, "k": 3, "retriever": "bm25",
-         "question_types": ["2hop", "3hop"]}
-    convs = _trajectory_drills(p, kb, random.Random(0))
+    p = {**DEFAULTS["refrag_finetune"], "seed": 1, "drills": 200, "drill_people": 100, "question_types": ["2hop", "3hop"]}
+    convs = stages.refrag_conversations(p, [], kb)
     assert len(convs) == 200
     for c in convs:
         assert c[0]["role"] == "user" and c[-1]["role"] == "assistant"
@@ -185,28 +187,63 @@ def test_trajectory_drills_search_for_names_they_can_copy():
                 assert m["content"] in seen
             else:
                 seen = " ".join(d["title"] + " " + d["text"] for d in m["documents"])
-        answer, cites = rag.parse_answer(c[-1]["content"])
+        answer, cites = parse_answer(c[-1]["content"])
         assert answer in seen and cites
-    assert _trajectory_drills({**p, "drills": 0}, kb, random.Random(0)) == []
+    assert stages.refrag_conversations({**p, "drills": 0}, [], kb) == []
 
 
-def test_refrag_single_shot_mix_keeps_abstention_examples(tmp_path, monkeypatch):
+def _small_world(seed=6):
+    from nanochat_core.data.questions import make_questions
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    world = build_world(seed, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(world.kb_documents(), None, ["bm25"])
+    qa = make_questions(world, seed, {"single": 40, "2hop": 30, "3hop": 10, "unanswerable": 40}, {"single": 5})[0]
+    return kb, qa["train"]
+
+
+def test_refrag_single_shot_mix_keeps_abstention_examples():
     """REFRAG's single-shot RAG share draws unanswerable questions too; without them the
     stage unlearned abstaining (measured: 0.78 -> 0.00 on unanswerables)."""
-    import json
-
-    from nanochat_core import stages
-    from nanochat_core.data.world import build_world, make_questions
-    from nanochat_core.params import DEFAULTS
-    from nanochat_core.retrieval import KnowledgeBase
-    world = build_world(6, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
-    KnowledgeBase.build(world.kb_documents(), tmp_path / "kb", retrievers=("bm25",))
-    qa = make_questions(world, 6, {"single": 40, "2hop": 30, "3hop": 10, "unanswerable": 40}, {"single": 5})[0]
-    (tmp_path / "qa").mkdir()
-    (tmp_path / "qa" / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qa["train"]))
-    seen = {}
-    monkeypatch.setattr(stages, "_finetune", lambda stage, parent, out, convs, *a: seen.setdefault("convs", convs))
-    params = {"refrag_finetune": {**DEFAULTS["refrag_finetune"], "rag_mix": 1.0}}
-    stages.refrag_finetune(params, qa_dir=tmp_path / "qa", kb_dir=tmp_path / "kb")
-    single_shot = [c for c in seen["convs"] if c[1]["role"] == "documents"]
+    kb, qa = _small_world()
+    p = {**DEFAULTS["refrag_finetune"], "rag_mix": 1.0, "drills": 0}
+    single_shot = [c for c in stages.refrag_conversations(p, qa, kb) if c[1]["role"] == "documents"]
     assert single_shot and any(c[-1]["content"] == ABSTAIN for c in single_shot)
+
+
+def test_refrag_trajectories_respect_max_hops():
+    kb, qa = _small_world()
+    p = {**DEFAULTS["refrag_finetune"], "rag_mix": 0.0, "drills": 0, "question_types": ["2hop", "3hop"]}
+    hops = lambda convs: sorted({sum(m["role"] == "search" for m in c) for c in convs})
+    assert hops(stages.refrag_conversations(p, qa, kb)) == [2, 3]
+    assert hops(stages.refrag_conversations({**p, "max_hops": 2}, qa, kb)) == [2]
+
+
+@pytest.mark.parametrize("stage, knob", [("midtrain", "drills"), ("midtrain", "reading_frac"),
+                                         ("rag_finetune", "drills"), ("refrag_finetune", "drills"),
+                                         ("refrag_finetune", "rag_mix")])
+def test_resizing_one_source_leaves_the_others_examples_alone(stage, knob):
+    """One seeded rng per data source: changing how many examples one source makes changes
+    no example of another source (with a shared rng, every later draw shifted)."""
+    kb, qa = _small_world()
+    build = {"midtrain": stages.midtrain_conversations, "rag_finetune": stages.rag_conversations,
+             "refrag_finetune": stages.refrag_conversations}[stage]
+    p = {**DEFAULTS[stage], "drill_people": 100, "drills": 40}
+    bigger = {"drills": 80, "reading_frac": 0.4, "rag_mix": 0.6}[knob]
+    if stage == "midtrain":
+        p.update(reading_frac=0.2, closed_book_frac=0.3)
+    q = {**p, knob: bigger}
+    a, b = build(p, qa, kb), build(q, qa, kb)
+    # Drills come last, exactly p["drills"] of them. (Their texts cannot tell them apart:
+    # the drill world reuses the KB's places, so "Which country is Lube in?" is in both.)
+    real_a, drills_a = a[:len(a) - p["drills"]], a[len(a) - p["drills"]:]
+    real_b, drills_b = b[:len(b) - q["drills"]], b[len(b) - q["drills"]:]
+    assert len(real_a) == len(build({**p, "drills": 0}, qa, kb))
+    if knob == "drills":
+        assert real_a == real_b and drills_a != drills_b
+    else:
+        assert drills_a == drills_b
+        kept = {"reading_frac": lambda c: len(c) == 2,             # closed-book QA
+                "rag_mix": lambda c: c[1]["role"] == "search"}[knob]  # trajectories
+        assert [c for c in real_a if kept(c)] == [c for c in real_b if kept(c)]
+        assert [c for c in real_a if not kept(c)] != [c for c in real_b if not kept(c)]

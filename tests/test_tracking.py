@@ -28,6 +28,7 @@ def ws(tmp_path, monkeypatch, store):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.delenv("NANOCHAT_PIPELINE_RUN_ID", raising=False)
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())  # paths and the stage graph
     (tmp_path / "mlruns").mkdir()
     return tmp_path
 
@@ -48,20 +49,35 @@ def _saved(**kw):
     return stage_result(**kw)
 
 
-def test_stages_share_one_pipeline_run_and_link_through_lineage(ws, store):
+def _prepare_outputs(ws, documents):
+    """The files prepare_documents writes (its outs in dvc.yaml), so its run can hash them."""
+    for out in ("corpus/shard_00000.jsonl", "qa/train.jsonl"):
+        _write(ws / "data" / out, "{}\n")
+    return _write(ws / "data" / "documents.jsonl", documents)
+
+
+def _stage_run(stage, params):
+    """StageRun on the stage's own dvc.yaml paths, as flows/stage.py makes it."""
+    from pathlib import Path
+
     from flows.tracking import StageRun
+    from nanochat_core import dvcfile
+    return StageRun(stage, params, {k: Path(v) for k, v in dvcfile.stage_paths(stage).items()})
+
+
+def test_stages_share_one_pipeline_run_and_link_through_lineage(ws, store):
     params = load_params()
     c = _client(store)
-    docs = _write(ws / "data" / "documents.jsonl", '{"id": "a"}\n')
-    with StageRun("prepare_documents", params) as first:
+    docs = _prepare_outputs(ws, '{"id": "a"}\n')
+    with _stage_run("prepare_documents", params) as first:
         first.log({"loss": 2.0, "note": "skipped"}, 1)
         first.log({"loss": 1.0}, 2)
-        first.finish(_saved(metrics={"documents": 1}, outputs={"documents": docs}))
-    kb = _write(ws / "data" / "kb" / "manifest.json", "{}")
-    with StageRun("build_kb", params) as second:
-        assert os.environ["NANOCHAT_MLFLOW_RUN_ID"] == second.run_id  # for checkpoint lineage / torchrun children
-        second.finish(_saved(outputs={"kb": kb.parent}, inputs={"documents": docs},
-                             parent_stages=["prepare_documents"]))
+        first.finish(_saved(metrics={"documents": 1}))
+    _write(ws / "data" / "kb" / "manifest.json", "{}")
+    with _stage_run("build_kb", params) as second:
+        # the run context the core writes into checkpoint lineage, passed as an argument
+        assert second.context()["mlflow_run_id"] == second.run_id
+        second.finish(_saved())
     assert "NANOCHAT_MLFLOW_RUN_ID" not in os.environ
 
     r1, r2 = c.get_run(first.run_id), c.get_run(second.run_id)
@@ -85,44 +101,42 @@ def test_stages_share_one_pipeline_run_and_link_through_lineage(ws, store):
 
 
 def test_stale_lineage_is_not_linked(ws, store):
-    from flows.tracking import StageRun
     params = load_params()
-    docs = _write(ws / "data" / "documents.jsonl", "one\n")
-    with StageRun("prepare_documents", params) as first:
-        first.finish(_saved(outputs={"documents": docs}))
+    docs = _prepare_outputs(ws, "one\n")
+    with _stage_run("prepare_documents", params) as first:
+        first.finish(_saved())
     docs.write_text("edited by hand after the stage ran\n")
-    kb = _write(ws / "data" / "kb" / "manifest.json", "{}")
-    with StageRun("build_kb", params) as second:
-        second.finish(_saved(outputs={"kb": kb.parent}, inputs={"documents": docs},
-                             parent_stages=["prepare_documents"]))
+    _write(ws / "data" / "kb" / "manifest.json", "{}")
+    with _stage_run("build_kb", params) as second:
+        second.finish(_saved())
     tags = _client(store).get_run(second.run_id).data.tags
     assert tags["nanochat.parent_run_ids"] == ""
     assert "does not match" in tags["nanochat.lineage_warnings"]
 
 
 def test_pipeline_run_from_environment(ws, store):
-    from flows.tracking import StageRun, create_pipeline_run, open_experiment
+    from flows.tracking import create_pipeline_run, open_experiment
     params = load_params()
     client, exp = open_experiment(params)
     pid = create_pipeline_run(client, exp, "pipeline-test")
     os.environ["NANOCHAT_PIPELINE_RUN_ID"] = pid
     try:
-        with StageRun("evaluate", params) as run:
+        _prepare_outputs(ws, "{}\n")
+        with _stage_run("prepare_documents", params) as run:
             run.finish(_saved())
         assert _client(store).get_run(run.run_id).data.tags["mlflow.parentRunId"] == pid
         # The pipeline flow owns its run's status: a stage leaves it running.
         assert _client(store).get_run(pid).info.status == "RUNNING"
         os.environ["NANOCHAT_PIPELINE_RUN_ID"] = "0" * 32
         with pytest.raises(Exception):
-            StageRun("evaluate", params).__enter__()
+            _stage_run("evaluate", params).__enter__()
     finally:
         os.environ.pop("NANOCHAT_PIPELINE_RUN_ID", None)
 
 
 def test_failed_stage_is_marked_failed(ws, store):
-    from flows.tracking import StageRun
     with pytest.raises(RuntimeError):
-        with StageRun("evaluate", load_params()) as run:
+        with _stage_run("evaluate", load_params()) as run:
             raise RuntimeError("boom")
     r = _client(store).get_run(run.run_id)
     assert r.info.status == "FAILED" and "boom" in r.data.tags["nanochat.error"]
@@ -130,12 +144,13 @@ def test_failed_stage_is_marked_failed(ws, store):
 
 
 def test_final_models_are_registered(ws, store):
-    from flows.tracking import StageRun
     from nanochat_core.checkpoint import checkpoint_hash, save_checkpoint
     ckpt = ws / "checkpoints" / "rag"
     save_checkpoint(ckpt, 7, {"w": torch.zeros(2)}, {"config": {}, "lineage": {}})
-    with StageRun("rag_finetune", load_params()) as run:
-        run.finish(_saved(outputs={"checkpoint": ckpt}, checkpoint_hash=checkpoint_hash(ckpt)))
+    for read in ("checkpoints/mid/x", "checkpoints/tokenizer/tokenizer.json", "data/qa/train.jsonl", "data/kb/manifest.json"):
+        _write(ws / read, "{}")  # what the stage reads: its deps in dvc.yaml, hashed into the lineage
+    with _stage_run("rag_finetune", load_params()) as run:
+        run.finish(_saved(checkpoint_hash=checkpoint_hash(ckpt)))
     c = _client(store)
     versions = c.search_model_versions("name = 'nanochat-rag'")
     mine = [v for v in versions if v.run_id == run.run_id]
