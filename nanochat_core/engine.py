@@ -3,8 +3,10 @@
 Prompts of different lengths are left-padded and prefilled in one forward pass; decoding
 then feeds one token per row per step. The tool hook works like nanochat's calculator:
 when a row closes a search call (<|search_end|>), the query text between the search
-markers goes to `tool(query) -> list[int]`, and the returned tokens (a documents block) are
-forced into that row one by one, with mask 0 because the model did not produce them.
+markers goes to `tool(query, row) -> list[int]`, and the returned tokens (a documents block)
+are forced into that row one by one, with mask 0 because the model did not produce them.
+Once a row has made `max_tool_calls` calls, the search markers are masked out of its
+sampling: the model cannot search again and must answer.
 After a generation, `engine.queries[b]` lists the queries row b wrote, in order (this is the
 one place that reads search calls out of tokens).
 """
@@ -30,7 +32,7 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
 class Engine:
     def __init__(self, model, tokenizer=None, tool=None, max_tool_calls=None):
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
-        self.max_tool_calls = max_tool_calls  # e.g. REFRAG's max_hops; None = unlimited
+        self.max_tool_calls = max_tool_calls  # REFRAG's follow-up searches; None = unlimited
         if tool is not None:
             if tokenizer is None:
                 raise ValueError("Engine(tool=...) needs the tokenizer to find the search-call tokens")
@@ -41,8 +43,10 @@ class Engine:
     def generate(self, prompts, max_tokens, temperature=0.0, top_k=None, seed=0, stop_tokens=()):
         """Stream one step at a time: yields (tokens, masks), lists of length B with this
         step's token and mask for every row (rows already stopped repeat their last token with
-        mask 0). A row stops at a stop token or after max_tokens tokens of its own; forced
-        tool output does not count towards max_tokens (the cache grows to hold it)."""
+        mask 0). A row stops at a stop token or after max_tokens tokens of its own since its
+        last tool call (so each search query and the answer get max_tokens apiece, and an
+        answer after no search gets exactly what a tool-less engine gives it); forced tool
+        output does not count (the cache grows to hold it)."""
         model = self.model
         device = next(model.parameters()).device
         B = len(prompts)
@@ -65,7 +69,7 @@ class Engine:
         self.queries = [[] for _ in range(B)]
         done = [False] * B
         last = [0] * B
-        own = [0] * B  # tokens each row sampled itself
+        own = [0] * B  # tokens each row sampled itself since its last tool call
         while not all(done):
             active = [b for b in range(B) if not done[b]]
             width = min((len(forced[b]) for b in active), default=0)
@@ -82,6 +86,12 @@ class Engine:
                     yield tokens, [0] * B
                 logits = model(torch.tensor(cols, device=device).T, cache=cache)[:, -1]
                 continue
+            if self.tool is not None and self.max_tool_calls is not None:
+                spent = [b for b in active if calls[b] >= self.max_tool_calls]
+                if spent:  # at the hop limit: no search can start (or close) in these rows
+                    logits = logits.clone()
+                    logits[spent, self.search_start] = float("-inf")
+                    logits[spent, self.search_end] = float("-inf")
             sampled = sample_next(logits, temperature, top_k, gen).tolist()
             tokens, masks = [], []
             for b in range(B):
@@ -102,14 +112,15 @@ class Engine:
                     done[b] = True
                     forced[b].clear()
                 elif m == 1 and self.tool is not None and tok == self.search_end:
-                    forced[b].extend(self._call_tool(history[b], calls[b], self.queries[b]))
+                    forced[b].extend(self._call_tool(history[b], b, self.queries[b]))
                     calls[b] += 1
+                    own[b] = 0
             yield tokens, masks
             if all(done):
                 return
             logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]
 
-    def _call_tool(self, history, n_calls, queries):
+    def _call_tool(self, history, row, queries):
         # The query is whatever the model wrote since its last <|search_start|>.
         try:
             start = len(history) - 1 - history[::-1].index(self.search_start)
@@ -117,13 +128,11 @@ class Engine:
         except ValueError:
             query = ""  # a search_end without a start: search for nothing rather than crash
         queries.append(query)
-        if self.max_tool_calls is not None and n_calls >= self.max_tool_calls:
-            return list(self.tool(None))  # the tool decides what "no more searches" looks like
-        return list(self.tool(query))
+        return list(self.tool(query, row))
 
     def generate_batch(self, prompts, max_tokens, **kw):
         """Run to completion. Returns (tokens, masks) per row, without the prompt and without
-        the final stop token."""
+        the final stop token; self.finished[b] says whether row b reached a stop token."""
         stop = set(kw.get("stop_tokens", ()))
         B = len(prompts)
         out = [[] for _ in range(B)]
@@ -138,4 +147,5 @@ class Engine:
                     continue
                 out[b].append(tokens[b])
                 masks[b].append(ms[b])
+        self.finished = finished  # which rows ended on a stop token (the others ran out of tokens)
         return out, masks

@@ -4,14 +4,17 @@ depends on (editing it retrains nothing).
 Three ways to answer, all with the same model and tokenizer:
   closed_book  the question alone
   rag          the question, then one documents block: the KB's top-k for the question
-  refrag       the model writes <|search_start|>query<|search_end|>; the engine runs the
-               retriever and forces the documents block in; repeat up to max_hops, then answer
+  refrag       question first: the same prompt as rag (hop 1 is the question's top-k); then
+               the model either answers or writes <|search_start|>follow-up<|search_end|>,
+               and the engine forces in a block of the follow-up's top-k documents not shown
+               yet. At max_hops blocks the engine masks the search markers out, so the model
+               must answer. A model that answers after hop 1 is single-shot RAG, token for token.
 Answers cite the documents they used as [n] (their number in the block).
 """
 import re
 
 from nanochat_core.engine import Engine
-from nanochat_core.rag import closed_book_conversation, reading_conversation, retrieve
+from nanochat_core.rag import closed_book_conversation, new_hits, reading_conversation, retrieve
 
 MODES = ("closed_book", "rag", "refrag")
 _CITE = re.compile(r"\s*\[(\d+)\]")
@@ -23,16 +26,45 @@ def parse_answer(text):
     return _CITE.sub("", text).strip(), cites
 
 
-def make_search_tool(tokenizer, kb, k, retriever, log):
-    """The engine's tool: query text -> documents block tokens. Every (query, docs) is
-    appended to `log` so evaluation can measure what was retrieved."""
-    def tool(query):
-        if query is None:  # past max_hops: an empty block, so the model must answer now
-            return tokenizer.encode_documents([])
-        docs = retrieve(kb, [query.strip()], k, retriever)[0]
-        log.append((query.strip(), docs))
+def make_search_tool(tokenizer, kb, k, retriever, shown):
+    """The engine's tool for REFRAG: (query, row) -> the tokens of a documents block holding
+    the query's top-k among the documents row has not been shown. shown[row] is that row's
+    list of blocks so far (hop 1 included); each new block is appended to it. An empty query
+    gets an empty block."""
+    def tool(query, row):
+        seen = {d["id"] for block in shown[row] for d in block}
+        docs = new_hits(kb, query, seen, k, retriever) if query.strip() else []
+        shown[row].append(docs)
         return tokenizer.encode_documents(docs)
     return tool
+
+
+def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_hops=3, max_new_tokens=48,
+                    temperature=0.0, seed=0):
+    """REFRAG on one batch of questions, question first. Returns one dict per question:
+    prompt (token ids), tokens and masks (what followed the prompt, mask 1 = sampled by the
+    model, 0 = a forced documents block; the closing <|assistant_end|> included when the
+    model wrote it), finished (it did), prediction, raw, citations, documents (one list per
+    block, hop 1 first) and queries (hop 1's is the question). temperature 0 is greedy; RL
+    samples at 1.0 with `seed`."""
+    end = tokenizer.encode_special("<|assistant_end|>")
+    docs = retrieve(kb, [q["question"] for q in questions], k, retriever)
+    shown = [[d] for d in docs]
+    prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(questions, docs)]
+    engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown),
+                    max_tool_calls=max_hops - 1)
+    # max_new_tokens for each follow-up query and for the answer
+    toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end], temperature=temperature,
+                                        seed=seed)
+    out = []
+    for b, q in enumerate(questions):
+        text = final_text(tokenizer, toks[b], masks[b])
+        answer, cites = parse_answer(text)
+        finished = engine.finished[b]
+        out.append({"prompt": prompts[b], "tokens": toks[b] + ([end] if finished else []),
+                    "masks": masks[b] + ([1] if finished else []), "finished": finished, "prediction": answer,
+                    "raw": text, "citations": cites, "documents": shown[b], "queries": [q["question"]] + engine.queries[b]})
+    return out
 
 
 def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever="bm25", max_hops=3,
@@ -45,31 +77,24 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
     out = []
     for i in range(0, len(questions), batch_size):
         batch = questions[i:i + batch_size]
-        shown = [[] for _ in batch]
-        queries = [[] for _ in batch]
+        if mode == "refrag":
+            rows = refrag_rollouts(model, tokenizer, batch, kb, k, retriever, max_hops, max_new_tokens)
+            out += [{"id": q["id"], "type": q["type"], **{key: r[key] for key in ("prediction", "raw", "citations",
+                     "documents", "queries")}} for q, r in zip(batch, rows)]
+            continue
         if mode == "closed_book":
+            shown = [[] for _ in batch]
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
-        elif mode == "rag":
+        else:
             docs = retrieve(kb, [q["question"] for q in batch], k, retriever)
             shown = [[d] for d in docs]
             prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(batch, docs)]
-            toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
-        else:
-            log = []
-            engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, log),
-                            max_tool_calls=max_hops)
-            prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
-            # the model's own tokens: up to max_hops search calls, then the answer
-            toks, masks = engine.generate_batch(prompts, max_new_tokens * (max_hops + 1), stop_tokens=[end])
-            by_query = dict(log)
-            queries = engine.queries
-            shown = [[by_query[q] for q in qs if q in by_query] for qs in queries]
+        toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
         for b, q in enumerate(batch):
             text = final_text(tokenizer, toks[b], masks[b])
             answer, cites = parse_answer(text)
             out.append({"id": q["id"], "type": q["type"], "prediction": answer, "raw": text, "citations": cites,
-                        "documents": shown[b], "queries": queries[b]})
+                        "documents": shown[b], "queries": []})
     return out
 
 

@@ -180,19 +180,40 @@ def gold_reading_docs(qa, kb, n_distractors, rng):
     return docs
 
 
-def trajectory_conversation(qa, kb, k, retriever):
-    """A gold REFRAG trajectory: one search per hop with the hop's query, the live
-    retriever's top-k as tool output, then the cited answer. If a hop's gold document is not
-    retrieved, it replaces the last hit, so the trajectory stays answerable (the model
-    learns what to search for; retrieval quality is measured at evaluation)."""
+def new_hits(kb, query, shown_ids, k, retriever):
+    """The top-k documents for `query` among those not shown yet: a REFRAG answer never sees
+    a document twice, so every block after the first holds only new hits."""
+    hits = retrieve(kb, [query], k + len(shown_ids), retriever)[0]
+    return [d for d in hits if d["id"] not in shown_ids][:k]
+
+
+def trajectory_conversation(qa, kb, k, retriever, max_hops=3):
+    """A gold REFRAG trajectory, question first: hop 1 is the question's own top-k (exactly
+    what single-shot RAG shows); each later block is a follow-up search for the entity the
+    previous hop's document names (the bridge), and holds only documents not shown yet; then
+    the answer, cited in the last block. A hop whose gold document is already on screen is
+    skipped. When the question's top-k misses the subject's document, the first follow-up
+    searches for the subject's name (if max_hops leaves room). A gold document the retriever
+    misses otherwise replaces the block's last hit, so the trajectory stays answerable."""
+    hops = list(qa["hops"])
     msgs = [{"role": "user", "content": qa["question"]}]
-    hops = qa["hops"]
-    docs = []
-    for hop in hops:
-        docs = retrieve(kb, [hop["query"]], k, retriever)[0]
+    docs = retrieve(kb, [qa["question"]], k, retriever)[0]
+    msgs.append({"role": "documents", "documents": docs})
+    shown = {d["id"] for d in docs}
+    todo = [h for h in hops if h["doc_id"] not in shown]
+    if hops[0]["doc_id"] in shown or len(todo) >= max_hops:
+        todo = [h for h in hops[1:] if h["doc_id"] not in shown]
+        if hops[0]["doc_id"] not in shown:  # no room to search for the subject: show it anyway
+            docs[-1] = _doc(kb, hops[0]["doc_id"])
+            shown = {d["id"] for d in docs}
+    for hop in todo:
+        if hop["doc_id"] in shown:
+            continue
+        docs = new_hits(kb, hop["query"], shown, k, retriever)
         if hop["doc_id"] not in {d["id"] for d in docs}:
             docs = docs[:k - 1] + [_doc(kb, hop["doc_id"])]
         msgs.append({"role": "search", "content": hop["query"]})
         msgs.append({"role": "documents", "documents": docs})
+        shown |= {d["id"] for d in docs}
     msgs.append({"role": "assistant", "content": cited_answer(qa["answers"][0], docs, set(qa["gold_doc_ids"][-1]))})
     return msgs

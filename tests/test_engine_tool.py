@@ -49,15 +49,15 @@ def test_tool_hook_forces_documents_into_calling_rows(tok):
     calls = []
     docs = [{"id": "d1", "title": "Ada", "text": "Ada was born in Paris."}]
 
-    def tool(query):
-        calls.append(query)
+    def tool(query, row):
+        calls.append((query, row))
         return tok.encode_documents(docs)
 
     row0 = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
     row1 = tok.render_for_completion([{"role": "user", "content": "Where?"}])[:-1]  # ends at user_end: answers directly
     eng = Engine(model, tok, tool=tool)
     out, masks = eng.generate_batch([row0, row1], max_tokens=60, stop_tokens=[sp("<|assistant_end|>")])
-    assert calls == ["Ada"]  # one call, from row 0 only, with the decoded query text
+    assert calls == [("Ada", 0)]  # one call, from row 0 only, with the decoded query text
     assert eng.queries == [["Ada"], []]  # what each row searched for, read back by inference
     forced = tok.encode_documents(docs)
     expected0 = [sp("<|search_start|>"), q[0], sp("<|search_end|>")] + forced + ans
@@ -66,24 +66,27 @@ def test_tool_hook_forces_documents_into_calling_rows(tok):
     assert out[1] == ans and masks[1] == [1]
 
 
-def test_max_tool_calls_passes_none(tok):
+def test_at_max_tool_calls_the_search_markers_are_masked_out(tok):
     sp = tok.encode_special
     q = tok.encode(" Ada")
-    # a model that searches forever
+    # a model that searches forever: its logits put +1e4 on <|search_start|> after each block
     script = {sp("<|assistant_start|>"): sp("<|search_start|>"), sp("<|search_start|>"): q[0],
               q[0]: sp("<|search_end|>"), sp("<|documents_end|>"): sp("<|search_start|>")}
     model = ScriptedGPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
                                   block_pattern="T"), script).eval()
     seen = []
 
-    def tool(query):
+    def tool(query, row):
         seen.append(query)
-        return [sp("<|documents_start|>"), sp("<|documents_end|>")] if query is not None else [sp("<|assistant_end|>")]
+        return [sp("<|documents_start|>"), sp("<|documents_end|>")]
 
     eng = Engine(model, tok, tool=tool, max_tool_calls=2)
     prompt = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
-    eng.generate_batch([prompt], max_tokens=40, stop_tokens=[sp("<|assistant_end|>")])
-    assert seen[:3] == ["Ada", "Ada", None]
+    out, masks = eng.generate_batch([prompt], max_tokens=40, stop_tokens=[sp("<|assistant_end|>")])
+    assert seen == ["Ada", "Ada"] and eng.queries == [["Ada", "Ada"]]
+    after = out[0][len(out[0]) - out[0][::-1].index(sp("<|documents_end|>")):]
+    assert after and sp("<|search_start|>") not in after and sp("<|search_end|>") not in after
+    assert all(m == 1 for m in masks[0][-len(after):])  # the model's own tokens: it had to answer
 
 
 def test_engine_rejects_empty_prompt():

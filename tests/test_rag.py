@@ -165,8 +165,8 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
 
 
 def test_trajectory_drills_search_for_names_they_can_copy():
-    """REFRAG's drills: gold trajectories over the drill world's KB. Every search names
-    something the model has just read (the question, or the last documents block), never a
+    """REFRAG's drills: gold question-first trajectories over the drill world's KB. Every
+    follow-up search names something the model has just read (the question, or the last block), never a
     real person, and the answer is in the last block: copying, not recall, solves them."""
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
@@ -179,16 +179,19 @@ def test_trajectory_drills_search_for_names_they_can_copy():
     for c in convs:
         assert c[0]["role"] == "user" and c[-1]["role"] == "assistant"
         searches = [m["content"] for m in c if m["role"] == "search"]
-        assert len(searches) in (2, 3) and searches[0] in c[0]["content"]
+        assert c[1]["role"] == "documents" and len(searches) <= p["max_hops"] - 1  # question first
         assert not set(searches) & people
         seen = c[0]["content"]
         for m in c[1:-1]:
             if m["role"] == "search":
-                assert m["content"] in seen
+                assert m["content"] in seen  # a name from the question or the last block
             else:
-                seen = " ".join(d["title"] + " " + d["text"] for d in m["documents"])
+                seen = c[0]["content"] + " " + " ".join(d["title"] + " " + d["text"] for d in m["documents"])
         answer, cites = parse_answer(c[-1]["content"])
-        assert answer in seen and cites
+        shown = " ".join(d["text"] for m in c if m["role"] == "documents" for d in m["documents"])
+        assert answer in shown
+        # cited when the answer's document is in the last block (a hop already on screen is skipped)
+        assert bool(cites) == (answer in seen)
     assert stages.refrag_conversations({**p, "drills": 0}, [], kb) == []
 
 
@@ -211,12 +214,30 @@ def test_refrag_single_shot_mix_keeps_abstention_examples():
     assert single_shot and any(c[-1]["content"] == ABSTAIN for c in single_shot)
 
 
-def test_refrag_trajectories_respect_max_hops():
+def test_refrag_trajectories_are_question_first_and_respect_max_hops():
+    """Hop 1 is the question's own top-k (what single-shot RAG shows); each later block is a
+    search for a gold hop's entity and shows only documents not shown before; at most
+    max_hops blocks; the answer is cited in the last block when its gold document is there."""
     kb, qa = _small_world()
     p = {**DEFAULTS["refrag_finetune"], "rag_mix": 0.0, "drills": 0, "question_types": ["2hop", "3hop"]}
-    hops = lambda convs: sorted({sum(m["role"] == "search" for m in c) for c in convs})
-    assert hops(stages.refrag_conversations(p, qa, kb)) == [2, 3]
-    assert hops(stages.refrag_conversations({**p, "max_hops": 2}, qa, kb)) == [2]
+    for max_hops in (2, 3):
+        convs = stages.refrag_conversations({**p, "max_hops": max_hops}, qa, kb)
+        multi = [q for q in qa if q["type"] in ("2hop", "3hop") and len(q["hops"]) <= max_hops]
+        assert len(convs) == len(multi) and convs
+        for c, q in zip(convs, multi):
+            blocks = [m["documents"] for m in c if m["role"] == "documents"]
+            assert c[0] == {"role": "user", "content": q["question"]} and c[1]["role"] == "documents"
+            assert 1 <= len(blocks) <= max_hops
+            ids = [d["id"] for b in blocks for d in b]
+            assert len(ids) == len(set(ids))  # nothing shown twice
+            hop_queries = {h["query"] for h in q["hops"]}
+            assert all(m["content"] in hop_queries for m in c if m["role"] == "search")
+            assert {i for hop in q["gold_doc_ids"] for i in hop} <= set(ids)  # every gold document on screen
+        # hop 1 equals single-shot RAG's block whenever the subject's document is in it
+        first = [c[1]["documents"] for c in convs]
+        rag_blocks = rag.retrieve(kb, [q["question"] for q in multi], p["k"], p["retriever"])
+        same = [a == b for a, b, q in zip(first, rag_blocks, multi) if q["hops"][0]["doc_id"] in {d["id"] for d in b}]
+        assert same and all(same)
 
 
 @pytest.mark.parametrize("stage, knob", [("midtrain", "drills"), ("midtrain", "reading_frac"),
