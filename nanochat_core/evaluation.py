@@ -1,14 +1,16 @@
 """The evaluate stage: every checkpoint x mode (closed-book, single-shot RAG, REFRAG) x
 question type on the held-out questions, and how each answer is scored. No training stage
-depends on this module, inference.py or metrics.py, so editing them retrains nothing."""
+depends on this module, so editing the scoring retrains nothing. (inference.py and metrics.py
+are shared with REFRAG's RL phase, which samples answers and rewards them.)"""
 import random
 from pathlib import Path
 
+from nanochat_core import metrics
 from nanochat_core.checkpoint import load_model
 from nanochat_core.common import print0, read_jsonl
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions
-from nanochat_core.metrics import exact_match, f1, normalize_answer
+from nanochat_core.metrics import exact_match, f1
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import resolve_device
@@ -54,7 +56,7 @@ def sample(records, n, seed):
 
 
 def is_abstain(answer):
-    return normalize_answer(answer) == normalize_answer(ABSTAIN)
+    return metrics.is_abstain(answer, ABSTAIN)
 
 
 def score(questions, predictions):
@@ -68,9 +70,7 @@ def score(questions, predictions):
         abstained = is_abstain(p["prediction"])
         seen = [d for block in p["documents"] for d in block]
         seen_ids = {d["id"] for d in seen}
-        text = normalize_answer(" ".join(d["title"] + " " + d["text"] for d in seen))
-        pred_n = normalize_answer(p["prediction"])
-        supported = bool(pred_n) and f" {pred_n} " in f" {text} "
+        supported = metrics.supported(p["prediction"], seen)
         gold_ids = {i for hop in q["gold_doc_ids"] for i in hop}
         final_block = p["documents"][-1] if p["documents"] else []
         cited = [final_block[c - 1]["id"] for c in p["citations"] if 0 < c <= len(final_block)]
@@ -106,6 +106,7 @@ def headline(results):
         "rag_em_2hop": em(final, "rag", "2hop"),
         "refrag_em_2hop": em(final, "refrag", "2hop"),
         "refrag_em_3hop": em(final, "refrag", "3hop"),
+        "refrag_sft_em_2hop": em("refrag_sft", "refrag", "2hop"),
         "rag_abstention_unanswerable": results.get(rag_ck, {}).get("rag", {}).get("unanswerable", {}).get("abstained"),
         "rag_em_counterfactual": em(rag_ck, "rag", "counterfactual"),
     }

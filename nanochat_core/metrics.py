@@ -106,3 +106,17 @@ def _f1_one(pred, gold):
 def f1(pred, golds):
     """Token-level F1 of the normalized prediction against each gold answer; the max."""
     return max(_f1_one(pred, g) for g in _golds(golds))
+
+
+# ---------------------------------------------------------------------------------------
+# Answers against documents: shared by evaluation's scores and the RL reward.
+
+def is_abstain(answer, abstain):
+    """True when `answer` is the abstention string `abstain` after SQuAD normalization."""
+    return normalize_answer(answer) == normalize_answer(abstain)
+
+
+def supported(answer, docs):
+    """True when the normalized answer occurs, as whole words, in a document's title + text."""
+    a = normalize_answer(answer)
+    return bool(a) and any(f" {a} " in f" {normalize_answer(d.get('title', '') + ' ' + d['text'])} " for d in docs)

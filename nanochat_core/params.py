@@ -25,7 +25,7 @@ RETRIEVERS = KB_RETRIEVERS + ("hybrid",)          # what a stage can query (hybr
 BM25_METHODS = ("robertson", "atire", "bm25l", "bm25+", "lucene")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("closed_book", "rag", "refrag")
-CHECKPOINTS = ("base", "mid", "rag", "refrag")
+CHECKPOINTS = ("base", "mid", "rag", "refrag_sft", "refrag")
 
 # The schema: each key's default (its type is the default's type) is written here once, and
 # equals params.yaml (tests/test_params.py compares them key for key). _RULES below holds each
@@ -63,6 +63,9 @@ DEFAULTS = {
         **TRAINING, "seed": 45, "steps": 400, "batch_size": 8, "eval_every": 30, "max_len": 1024, "max_hops": 3,
         "k": 3, "retriever": "bm25", "question_types": ["2hop", "3hop", "single"], "rag_mix": 0.3, "drills": 2500,
         "drill_people": 3000,
+        "rl_steps": 60, "rl_group_size": 8, "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05,
+        "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
+        "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_format": 0.5,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
@@ -111,6 +114,12 @@ _RULES = {
     "refrag_finetune.k": _ge(1), "refrag_finetune.max_hops": _ge(1),
     "rag_finetune.retriever": _ONE_OF(RETRIEVERS),
     "refrag_finetune.retriever": _ONE_OF(RETRIEVERS),
+    "refrag_finetune.rl_steps": _ge(0), "refrag_finetune.rl_group_size": _ge(2),
+    "refrag_finetune.rl_questions_per_step": _ge(1), "refrag_finetune.rl_temperature": _ge(0),
+    "refrag_finetune.rl_lr_frac": _ge(0), "refrag_finetune.rl_eval_every": _ge(1),
+    "refrag_finetune.rl_max_new_tokens": _ge(1), "refrag_finetune.rl_question_types": _SUBSET(QA_TYPES),
+    "refrag_finetune.rl_reward_citation": _ge(0), "refrag_finetune.rl_penalty_unsupported": _ge(0),
+    "refrag_finetune.rl_penalty_format": _ge(0),
     "evaluate.retriever": _ONE_OF(RETRIEVERS),
     "evaluate.max_questions_per_type": _ge(0), "evaluate.k": _ge(1), "evaluate.max_hops": _ge(1),
     "evaluate.max_new_tokens": _ge(1),
@@ -134,7 +143,8 @@ _RULES = {
 _TYPES = {"model.dt_rank": (str, int)}
 # List keys: the type of their items.
 _ITEM_TYPES = {"kb.retrievers": str, "evaluate.modes": str, "evaluate.checkpoints": str,
-               "rag_finetune.question_types": str, "refrag_finetune.question_types": str}
+               "rag_finetune.question_types": str, "refrag_finetune.question_types": str,
+               "refrag_finetune.rl_question_types": str}
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}

@@ -37,6 +37,26 @@ def loss_plot(history, stage, csv_path, png_path):
     plt.close(fig)
 
 
+def rl_plot(history, csv_path, png_path):
+    """REFRAG's RL phase: mean reward per step and val EM (the checkpoint selector) at each
+    evaluation, against step. history: rl.train_rl's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    write_csv(csv_path, history, ["step", "reward", "reward_em", "val_em"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    tr = [h for h in history if "reward" in h]
+    ax.plot([h["step"] for h in tr], [h["reward"] for h in tr], lw=1, label="reward (train rollouts)")
+    ev = [h for h in history if "val_em" in h]
+    ax.plot([h["step"] for h in ev], [h["val_em"] for h in ev], "o-", label="val REFRAG EM")
+    ax.set_xlabel("RL step")
+    ax.legend()
+    ax.set_title("refrag_finetune: RL")
+    ax.grid(alpha=0.3)
+    _save_png(fig, png_path)
+    plt.close(fig)
+
+
 def eval_rows(results):
     return [{"checkpoint": ck, "mode": mode, "type": t, "series": f"{ck}/{mode}", **m}
             for ck, modes in results.items() for mode, types in modes.items() for t, m in types.items()]

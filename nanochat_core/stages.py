@@ -195,7 +195,7 @@ def refrag_conversations(p, qa, kb):
     (trained on the real train people alone, the model searched for names it remembered)."""
     r = rngs(p["seed"], "rag_mix", "drills")
     multi = [q for q in qa if q["type"] in p["question_types"] and len(q["hops"]) <= p["max_hops"]]
-    convs = [rag.trajectory_conversation(q, kb, p["k"], p["retriever"]) for q in multi]
+    convs = [rag.trajectory_conversation(q, kb, p["k"], p["retriever"], p["max_hops"]) for q in multi]
     single = [q for q in qa if q["type"] in ("single", "unanswerable")]
     n_rag = int(len(convs) * p["rag_mix"])
     if n_rag and single:
@@ -208,7 +208,7 @@ def refrag_conversations(p, qa, kb):
         qs = [q for (_, t), recs in sorted(question_pools(world, p["seed"]).items()) if t in p["question_types"]
               for q in recs if len(q["hops"]) <= p["max_hops"]]
         picked = [qs[r["drills"].randrange(len(qs))] for _ in range(p["drills"])]
-        convs += [rag.trajectory_conversation(q, dkb, p["k"], p["retriever"]) for q in picked]
+        convs += [rag.trajectory_conversation(q, dkb, p["k"], p["retriever"], p["max_hops"]) for q in picked]
     return convs
 
 
@@ -247,4 +247,25 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
     summary.update({"conversations": len(train_rows), "held_out_conversations": len(held),
                     "truncated_conversations": too_long})
     print0(f"[{stage}] {len(train_rows)} training conversations, {len(held)} held out ({n_tok} tokens)")
+    return summary
+
+
+def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, run=None, log=None, data=None):
+    """REFRAG's RL phase (rl.py) from the warm-up checkpoint in sft_dir, on the train questions
+    of p["rl_question_types"]; the val questions of those types choose the step that is kept."""
+    from nanochat_core import rl
+    p = params["refrag_finetune"]
+    device = resolve_device(p["device"])
+    tok = Tokenizer.load(tokenizer_path)
+    model, _ = load_model(sft_dir, tok, device)
+    types = p["rl_question_types"]
+    train_qs = [q for q in qa_train if q["type"] in types and len(q["hops"]) <= p["max_hops"]]
+    val_qs = [q for q in qa_val if q["type"] in types]
+    if not train_qs or not val_qs:
+        raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")
+    meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": "refrag_finetune", "phase": "rl",
+            "lineage": make_lineage("refrag_finetune", run, sft_dir, data)}
+    torch.manual_seed(p["seed"])
+    summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device)
+    summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs)})
     return summary

@@ -274,7 +274,9 @@ def micro_params(dst):
     p["model"].update(n_layer=2, n_embd=32, n_head=2, n_kv_head=2, block_pattern="TM", headdim=16, sequence_len=64)
     for s in ("pretrain", "midtrain", "rag_finetune", "refrag_finetune"):
         p[s].update(steps=4, batch_size=2, checkpoint_every=2, eval_every=0, log_every=2)
-    p["evaluate"].update(max_questions_per_type=2, batch_size=8, max_new_tokens=4, max_hops=1)
+    p["refrag_finetune"].update(rl_steps=2, rl_eval_every=1, rl_group_size=2, rl_questions_per_step=2,
+                                rl_max_new_tokens=4, max_hops=2)
+    p["evaluate"].update(max_questions_per_type=2, batch_size=8, max_new_tokens=4, max_hops=2)
     Path(dst).write_text(yaml.safe_dump(p, sort_keys=False))
 
 
@@ -284,7 +286,7 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     """All seven stages under one `dvc repro`: one MLflow run per stage under one pipeline
     run; following parent links from the REFRAG run reaches the run that wrote
     data/documents.jsonl, whose recorded hash is the file's; a second repro is a no-op; editing
-    scoring code (metrics.py) or an evaluate param reruns only evaluate."""
+    scoring code (evaluation.py) or an evaluate param reruns only evaluate."""
     _repo_copy(tmp_path)
     micro_params(tmp_path / "params.yaml")
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
@@ -313,8 +315,9 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     assert outputs["data/documents.jsonl"] == sha256_file(tmp_path / "data" / "documents.jsonl")
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
-    # Editing scoring retrains nothing: after an edit to metrics.py, dvc status lists evaluate alone.
-    with open(tmp_path / "nanochat_core" / "metrics.py", "a") as f:
+    # Editing scoring retrains nothing: after an edit to evaluation.py, dvc status lists evaluate
+    # alone. (metrics.py's answer matching is also the RL reward's, so it is a refrag_finetune dep.)
+    with open(tmp_path / "nanochat_core" / "evaluation.py", "a") as f:
         f.write("\n# an edit to scoring\n")
     r = subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,170 @@
+"""REFRAG's RL phase: on-policy REINFORCE with a group-mean baseline, after the supervised
+warm-up (nanochat's chat_rl, with the retriever inside every rollout).
+
+Each step draws `questions_per_step` train questions and `group_size` REFRAG rollouts of each
+at `temperature` (1.0): hop 1 is the question's top-k, then the model answers or writes a
+follow-up search that the engine's tool hook runs on the live KB. A rollout's advantage is
+its reward minus its group's mean reward. It is not divided by the group's standard
+deviation: published search-RL runs collapse with that. The loss is -advantage x log-prob
+over the tokens the model sampled itself (its follow-up queries and its answer), divided by
+the number of such tokens; the prompt, the retrieved documents and padding carry no gradient.
+No KL term and no ratio clipping: every step is on-policy.
+
+Every eval_every steps the greedy REFRAG EM on the *val* questions is measured, and the best
+step by it is the checkpoint this phase keeps: the test split never selects anything.
+"""
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanochat_core.checkpoint import clear_checkpoints, load_checkpoint, save_checkpoint
+from nanochat_core.common import print0
+from nanochat_core.data.world import ABSTAIN
+from nanochat_core.inference import answer_questions, refrag_rollouts
+from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
+
+
+def reward(q, r, w):
+    """The reward of rollout `r` (a refrag_rollouts row) for question `q`, and its parts.
+      em           answer EM after SQuAD normalization; abstaining is the right answer (1)
+                   on an unanswerable question and a wrong one (0) on any other
+      citation     +w["citation"] when the answer is right and every [n] names a document of
+                   the last block, one of which contains the answer
+      unsupported  -w["unsupported"] when the answer (not an abstention) is in no shown document
+      format       -w["format"] for no answer, an unclosed answer (out of tokens), or an empty
+                   or repeated search query (hop 1's query is the question itself)"""
+    pred = r["prediction"]
+    abstained = is_abstain(pred, ABSTAIN)
+    if is_abstain(q["answers"][0], ABSTAIN):
+        em = float(abstained)
+    else:
+        em = 0.0 if abstained else exact_match(pred, q["answers"])
+    final = r["documents"][-1] if r["documents"] else []
+    cited = [final[c - 1] for c in r["citations"] if 0 < c <= len(final)]
+    cite = float(bool(em and not abstained and cited and len(cited) == len(r["citations"])
+                      and supported(pred, cited)))
+    shown = [d for block in r["documents"] for d in block]
+    unsupported = float(bool(pred) and not abstained and not supported(pred, shown))
+    queries = [normalize_answer(x) for x in r["queries"]]
+    bad_query = any(not x for x in queries[1:]) or len(set(queries)) < len(queries)
+    fmt = float(not pred or not r["finished"] or bad_query)
+    total = w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["format"] * fmt
+    return {"reward": total, "em": em, "citation": cite, "unsupported": unsupported, "format": fmt,
+            "bad_query": float(bad_query)}
+
+
+def group_advantages(rewards, group_size):
+    """reward - its group's mean, groups being consecutive runs of group_size rollouts."""
+    r = torch.tensor(rewards, dtype=torch.float32).view(-1, group_size)
+    return (r - r.mean(dim=1, keepdim=True)).view(-1)
+
+
+def policy_loss(model, rows, advantages, pad_id):
+    """REINFORCE loss over `rows` (prompt + tokens + masks each): -sum(advantage x log-prob)
+    over the sampled tokens, / their count. Also returns the mean entropy of the policy at
+    those tokens (a health metric, no gradient)."""
+    seqs = [r["prompt"] + r["tokens"] for r in rows]
+    T = max(len(s) for s in seqs) - 1
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for b, (s, r) in enumerate(zip(seqs, rows)):
+        # right padding: causal layers never let it reach the real tokens before it
+        x[b, :len(s) - 1] = torch.tensor(s[:-1])
+        own = torch.tensor([0] * (len(r["prompt"]) - 1) + r["masks"], dtype=torch.bool)
+        y[b, :len(s) - 1] = torch.where(own, torch.tensor(s[1:]), torch.tensor(-1))
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    keep = y != -1
+    logits = model(x)  # (B, T, V), softcapped
+    logp = F.log_softmax(logits[keep].float(), dim=-1)  # (N, V) at the sampled tokens only
+    tok_logp = logp.gather(1, y[keep][:, None])[:, 0]  # (N,)
+    adv = advantages.to(device)[:, None].expand_as(y)[keep]  # each token gets its rollout's advantage
+    n = max(int(keep.sum()), 1)
+    loss = -(adv * tok_logp).sum() / n
+    with torch.no_grad():
+        entropy = float(-(logp.exp() * logp).sum(-1).mean()) if keep.any() else 0.0
+    return loss, entropy
+
+
+def val_em(model, tokenizer, questions, kb, p):
+    """Greedy REFRAG EM on `questions` (the val split): the checkpoint selector."""
+    model.eval()
+    preds = answer_questions(model, tokenizer, questions, "refrag", kb, p["k"], p["retriever"], p["max_hops"],
+                             p["max_new_tokens"], batch_size=32)
+    model.train()
+    w = {"em": 1.0, "citation": 0.0, "unsupported": 0.0, "format": 0.0}
+    rows = [{**pr, "finished": True} for pr in preds]
+    return sum(reward(q, r, w)["em"] for q, r in zip(questions, rows)) / max(len(questions), 1)
+
+
+def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None, device="cpu"):
+    """p: the refrag_finetune section (its rl_* keys and k/retriever/max_hops). Trains `model`
+    in place, saves the best step by val EM to out_dir (step 0, the warm-up itself, competes
+    too) and loads those weights back into `model`. Returns a summary with the history."""
+    log = log or (lambda metrics, step: None)
+    w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
+         "format": p["rl_penalty_format"]}
+    rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
+    scale = p["rl_lr_frac"]
+    opts = model.setup_optimizers(p["matrix_lr"] * scale, p["embedding_lr"] * scale, p["unembedding_lr"] * scale,
+                                  p["scalar_lr"] * scale, 0.0)
+    for o in opts:
+        for g in o.param_groups:
+            g["initial_lr"] = g["lr"]
+    rng = random.Random(f"rl:{p['seed']}")
+    pad = tokenizer.get_bos_token_id()
+    G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
+    history = []
+    clear_checkpoints(out_dir)  # RL does not resume: a rerun starts again from the warm-up
+    best = (val_em(model, tokenizer, val_qs, kb, rp), 0)
+    save_checkpoint(out_dir, 0, model.state_dict(), {**meta, "step": 0, "rl_best_step": 0, "val_em": best[0]}, None,
+                    keep_last=1)
+    history.append({"step": 0, "val_em": best[0]})
+    print0(f"[rl] step 0 (the warm-up): val REFRAG EM {best[0]:.3f} on {len(val_qs)} val questions")
+    t0 = time.time()
+    model.train()
+    for step in range(1, total + 1):
+        qs = [train_qs[rng.randrange(len(train_qs))] for _ in range(Q)]
+        batch = [q for q in qs for _ in range(G)]
+        model.eval()
+        rows = refrag_rollouts(model, tokenizer, batch, kb, p["k"], p["retriever"], p["max_hops"],
+                               p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=p["seed"] * 100_003 + step)
+        model.train()
+        parts = [reward(q, r, w) for q, r in zip(batch, rows)]
+        adv = group_advantages([x["reward"] for x in parts], G)
+        mult = 1.0 - (step - 1) / total  # linear decay to 0, as nanochat's chat_rl
+        for o in opts:
+            for g in o.param_groups:
+                g["lr"] = g["initial_lr"] * mult
+        loss, entropy = policy_loss(model, rows, adv, pad)
+        loss.backward()
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+        R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
+        rec = {"step": step, "loss": float(loss), "reward": float(R.mean()), "entropy": entropy, "lr_mult": mult,
+               **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
+                  for k in ("em", "citation", "unsupported", "format", "bad_query")},
+               "searches_per_rollout": sum(len(r["queries"]) - 1 for r in rows) / len(rows),
+               "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
+               "answer_tokens": sum(len(tokenizer.encode(r["raw"])) for r in rows) / len(rows)}
+        if step % p["rl_eval_every"] == 0 or step == total:
+            rec["val_em"] = val_em(model, tokenizer, val_qs, kb, rp)
+            if rec["val_em"] > best[0]:
+                best = (rec["val_em"], step)
+                save_checkpoint(out_dir, step, model.state_dict(),
+                                {**meta, "step": step, "rl_best_step": step, "val_em": rec["val_em"]}, None, keep_last=1)
+        history.append(rec)
+        log({f"rl_{k}": v for k, v in rec.items() if k != "step"}, step)
+        if step % p["log_every"] == 0 or "val_em" in rec:
+            el = time.time() - t0
+            print0(f"[rl] step {step}/{total} | reward {rec['reward']:.3f} | em {rec['reward_em']:.3f} | "
+                   f"searches {rec['searches_per_rollout']:.2f} | flat groups {rec['flat_groups']:.2f}"
+                   + (f" | val EM {rec['val_em']:.3f} (best {best[0]:.3f} at {best[1]})" if "val_em" in rec else "")
+                   + f" | ETA {el / step * (total - step):.0f}s")
+    state, _, _ = load_checkpoint(out_dir)  # the kept step: the best by val EM
+    model.load_state_dict(state)
+    return {"rl_best_step": best[1], "rl_best_val_em": best[0], "rl_steps": total, "rl_seconds": time.time() - t0,
+            "history": history}

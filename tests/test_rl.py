@@ -1,0 +1,109 @@
+"""REFRAG's RL: the reward table (adversarial cases included), group advantages, zero
+gradient on tokens the model did not sample, and a toy reward that RL learns."""
+import pytest
+import torch
+
+from nanochat_core.data.world import ABSTAIN
+from nanochat_core.model import GPT, GPTConfig
+from nanochat_core.rl import group_advantages, policy_loss, reward
+
+W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "format": 0.5}
+Q = {"type": "2hop", "question": "In which country was Ada Lovi born?", "answers": ["Kikoland"]}
+UNANS = {"type": "unanswerable", "question": "When was Ada Lovi born?", "answers": [ABSTAIN]}
+HOP1 = [{"id": "p1", "title": "Ada Lovi", "text": "Ada Lovi was born in Kiko."}]
+HOP2 = [{"id": "c1", "title": "Kiko", "text": "Kiko is a city in Kikoland."},
+        {"id": "c2", "title": "Miles", "text": "Miles is a city in Bororia."}]
+
+
+def _r(pred, cites=(), queries=("Kiko",), docs=(HOP1, HOP2), finished=True, q=Q):
+    return {"prediction": pred, "citations": list(cites), "documents": list(docs),
+            "queries": [q["question"], *queries], "finished": finished}
+
+
+@pytest.mark.parametrize("name, q, r, want", [
+    ("right, cited", Q, _r("Kikoland", [1]), 1.2),
+    ("right, normalized", Q, _r("the kikoland.", [1]), 1.2),
+    ("right, uncited", Q, _r("Kikoland"), 1.0),
+    ("right, cites a document without the answer", Q, _r("Kikoland", [2]), 1.0),
+    ("right, cites a source that does not exist", Q, _r("Kikoland", [1, 7]), 1.0),
+    ("answer inside a longer wrong answer", Q, _r("Kikoland and Bororia", [1]), -0.3),
+    ("wrong but shown", Q, _r("Bororia", [2]), 0.0),
+    ("made up", Q, _r("Zuzuland", [1]), -0.3),
+    ("abstains on an answerable question", Q, _r(ABSTAIN), 0.0),
+    ("abstains on an unanswerable one", UNANS, _r(ABSTAIN, q=UNANS, queries=()), 1.0),
+    ("abstention phrasing: case and period", UNANS, _r("the sources do not say", q=UNANS, queries=()), 1.0),
+    ("abstention phrasing: another wording", UNANS, _r("The sources don't say.", q=UNANS, queries=()), -0.3),
+    ("answers an unanswerable one", UNANS, _r("Kiko", [1], q=UNANS, queries=()), 0.0),
+    ("no answer", Q, _r(""), -0.5),
+    ("ran out of tokens", Q, _r("Kikoland", [1], finished=False), 0.7),
+    ("empty query", Q, _r("Kikoland", [1], queries=("",), docs=(HOP1, [])), 1.0 - 0.3 - 0.5),  # EM; unsupported; format fault
+    ("repeated query", Q, _r("Kikoland", [1], queries=("Kiko", "kiko")), 0.7),
+    ("repeats the question", Q, _r("Kikoland", [1], queries=(Q["question"],)), 0.7),
+])
+def test_reward_table(name, q, r, want):
+    assert reward(q, r, W)["reward"] == pytest.approx(want), name
+
+
+def test_group_advantages_sum_to_zero_per_group_and_are_not_std_scaled():
+    adv = group_advantages([1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5], 4)
+    assert adv.view(2, 4).sum(1).abs().max() < 1e-6
+    assert adv.tolist()[:4] == pytest.approx([0.75, -0.25, -0.25, -0.25])  # not divided by the std
+    assert adv.tolist()[4:] == [0.0] * 4  # a flat group teaches nothing
+
+
+def _model(V=40):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=V, n_layer=2, n_embd=32, n_head=2, n_kv_head=2, block_pattern="TM",
+                         headdim=16, sequence_len=64))
+
+
+def test_forced_and_prompt_tokens_get_exactly_zero_gradient():
+    """The loss must not depend on a token's own probability unless the model sampled it:
+    d loss / d logits is exactly zero at prompt, forced (retrieved) and padding positions."""
+    model = _model()
+    rows = [{"prompt": [1, 2, 3], "tokens": [4, 5, 6, 7, 8], "masks": [1, 0, 0, 1, 1]},
+            {"prompt": [1, 9], "tokens": [10, 11], "masks": [0, 1]}]
+    grabbed = {}
+    orig = model.forward
+
+    def forward(x, *a, **k):
+        out = orig(x, *a, **k)
+        out.retain_grad()
+        grabbed["logits"] = out
+        return out
+    model.forward = forward
+    loss, _ = policy_loss(model, rows, torch.tensor([1.0, -0.5]), pad_id=0)
+    loss.backward()
+    g = grabbed["logits"].grad.abs().sum(-1)  # (B, T): position t predicts token t+1
+    # row 0: seq 1 2 3 | 4 5 6 7 8; sampled targets 4, 7, 8 sit at positions 2, 5, 6
+    assert [t for t in range(g.shape[1]) if g[0, t] > 0] == [2, 5, 6]
+    # row 1: seq 1 9 | 10 11; only 11 (position 2) was sampled; position 3+ is padding
+    assert [t for t in range(g.shape[1]) if g[1, t] > 0] == [2]
+
+
+def test_rl_raises_the_probability_of_the_rewarded_continuation():
+    """Toy bandit: after the prompt, continuations A or B; reward 1 for A. A few REINFORCE
+    steps on sampled groups raise p(A)."""
+    model = _model()
+    A, B, prompt = 20, 21, [1, 2, 3]
+    opts = model.setup_optimizers(0.02, 0.2, 0.02, 0.02, 0.0)
+
+    def p_a():
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt]))[0, -1]
+            two = torch.softmax(logits[[A, B]], -1)
+        return float(two[0])
+    before = p_a()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        with torch.no_grad():
+            two = torch.softmax(model(torch.tensor([prompt]))[0, -1][[A, B]], -1)
+        picks = [A if torch.rand(1, generator=gen) < two[0] else B for _ in range(8)]
+        rows = [{"prompt": prompt, "tokens": [t], "masks": [1]} for t in picks]
+        adv = group_advantages([float(t == A) for t in picks], 8)
+        loss, _ = policy_loss(model, rows, adv, pad_id=0)
+        loss.backward()
+        for o in opts:
+            o.step()
+        model.zero_grad(set_to_none=True)
+    assert p_a() > before + 0.2
