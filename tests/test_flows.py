@@ -304,9 +304,10 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
         parents = [client.get_run(i) for i in run.data.tags["nanochat.parent_run_ids"].split(",") if i]
         if not parents:
             break
-        # follow the model's line: the parent that trained the checkpoint this stage started from
+        # follow the model's line: the nearest parent that trained a checkpoint (the tokenizer's
+        # stage, pretrain, is a parent of every training stage too)
         trained = [p for p in parents if p.data.tags.get("nanochat.checkpoint_hash")]
-        run = (trained or parents)[0]
+        run = max(trained or parents, key=lambda p: STAGES.index(p.data.tags["nanochat.stage"]))
         if chain[-1] == "pretrain":
             run = next(p for p in parents if p.data.tags["nanochat.stage"] == "prepare_documents")
     assert chain == ["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "prepare_documents"]
