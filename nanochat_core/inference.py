@@ -39,6 +39,14 @@ def make_search_tool(tokenizer, kb, k, retriever, shown):
     return tool
 
 
+def rag_prompts(tokenizer, questions, kb, k, retriever):
+    """Single-shot RAG's prompts (the question, then its top-k block), which are also REFRAG's
+    hop 1. Returns (shown, prompts): shown[b] = [that block]."""
+    docs = retrieve(kb, [q["question"] for q in questions], k, retriever)
+    return [[d] for d in docs], [tokenizer.render_for_completion(reading_conversation(q, d, False))
+                                 for q, d in zip(questions, docs)]
+
+
 def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_hops=3, max_new_tokens=48,
                     temperature=0.0, seed=0):
     """REFRAG on one batch of questions, question first. Returns one dict per question:
@@ -48,9 +56,7 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
     block, hop 1 first) and queries (hop 1's is the question). temperature 0 is greedy; RL
     samples at 1.0 with `seed`."""
     end = tokenizer.encode_special("<|assistant_end|>")
-    docs = retrieve(kb, [q["question"] for q in questions], k, retriever)
-    shown = [[d] for d in docs]
-    prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(questions, docs)]
+    shown, prompts = rag_prompts(tokenizer, questions, kb, k, retriever)
     engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown),
                     max_tool_calls=max_hops - 1)
     # max_new_tokens for each follow-up query and for the answer
@@ -86,9 +92,7 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
             shown = [[] for _ in batch]
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
         else:
-            docs = retrieve(kb, [q["question"] for q in batch], k, retriever)
-            shown = [[d] for d in docs]
-            prompts = [tokenizer.render_for_completion(reading_conversation(q, d, False)) for q, d in zip(batch, docs)]
+            shown, prompts = rag_prompts(tokenizer, batch, kb, k, retriever)
         toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
         for b, q in enumerate(batch):
             text = final_text(tokenizer, toks[b], masks[b])

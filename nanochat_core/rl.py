@@ -24,6 +24,7 @@ from nanochat_core.common import print0
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions, refrag_rollouts
 from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
+from nanochat_core.train import pad_batch
 
 
 def reward(q, r, w):
@@ -37,10 +38,7 @@ def reward(q, r, w):
                    or repeated search query (hop 1's query is the question itself)"""
     pred = r["prediction"]
     abstained = is_abstain(pred, ABSTAIN)
-    if is_abstain(q["answers"][0], ABSTAIN):
-        em = float(abstained)
-    else:
-        em = 0.0 if abstained else exact_match(pred, q["answers"])
+    em = exact_match(pred, q["answers"])  # an unanswerable question's gold answer is ABSTAIN itself
     final = r["documents"][-1] if r["documents"] else []
     cited = [final[c - 1] for c in r["citations"] if 0 < c <= len(final)]
     cite = float(bool(em and not abstained and cited and len(cited) == len(r["citations"])
@@ -65,15 +63,7 @@ def policy_loss(model, rows, advantages, pad_id):
     """REINFORCE loss over `rows` (prompt + tokens + masks each): -sum(advantage x log-prob)
     over the sampled tokens, / their count. Also returns the mean entropy of the policy at
     those tokens (a health metric, no gradient)."""
-    seqs = [r["prompt"] + r["tokens"] for r in rows]
-    T = max(len(s) for s in seqs) - 1
-    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    y = torch.full((len(rows), T), -1, dtype=torch.long)
-    for b, (s, r) in enumerate(zip(seqs, rows)):
-        # right padding: causal layers never let it reach the real tokens before it
-        x[b, :len(s) - 1] = torch.tensor(s[:-1])
-        own = torch.tensor([0] * (len(r["prompt"]) - 1) + r["masks"], dtype=torch.bool)
-        y[b, :len(s) - 1] = torch.where(own, torch.tensor(s[1:]), torch.tensor(-1))
+    x, y = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     keep = y != -1
@@ -94,9 +84,7 @@ def val_em(model, tokenizer, questions, kb, p):
     preds = answer_questions(model, tokenizer, questions, "refrag", kb, p["k"], p["retriever"], p["max_hops"],
                              p["max_new_tokens"], batch_size=32)
     model.train()
-    w = {"em": 1.0, "citation": 0.0, "unsupported": 0.0, "format": 0.0}
-    rows = [{**pr, "finished": True} for pr in preds]
-    return sum(reward(q, r, w)["em"] for q, r in zip(questions, rows)) / max(len(questions), 1)
+    return sum(exact_match(pr["prediction"], q["answers"]) for q, pr in zip(questions, preds)) / max(len(questions), 1)
 
 
 def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None, device="cpu"):

@@ -96,18 +96,23 @@ class ConversationBatches:
             yield self._batch(self.order[i:i + batch_size])
 
     def _batch(self, pick):
-        batch_size = len(pick)
-        T = max(len(self.rows[i][0]) for i in pick) - 1
-        x = torch.full((batch_size, T), self.pad_id, dtype=torch.long)
-        y = torch.full((batch_size, T), -1, dtype=torch.long)
-        for r, i in enumerate(pick):
-            ids, mask = self.rows[i]
-            ids_t = torch.tensor(ids, dtype=torch.long)
-            m = torch.tensor(mask[1:], dtype=torch.bool)
-            n = len(ids) - 1
-            x[r, :n] = ids_t[:-1]
-            y[r, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
-        return x, y
+        return pad_batch([self.rows[i] for i in pick], self.pad_id)
+
+
+def pad_batch(rows, pad_id):
+    """[(ids, mask)] -> (x, y): inputs ids[:-1] right-padded with pad_id, targets ids[1:] with
+    -1 wherever the target's mask is 0 (no loss there) and in the padding. Right padding is
+    safe for causal layers: nothing after a real token reaches it."""
+    T = max(len(ids) for ids, _ in rows) - 1
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for r, (ids, mask) in enumerate(rows):
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        m = torch.tensor(mask[1:], dtype=torch.bool)
+        n = len(ids) - 1
+        x[r, :n] = ids_t[:-1]
+        y[r, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
+    return x, y
 
 
 def _batch_seed(seed, step, micro):
