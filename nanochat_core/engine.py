@@ -65,6 +65,7 @@ class Engine:
         stop = set(stop_tokens)
         forced = [deque() for _ in range(B)]
         history = [list(p) for p in prompts]  # for reading back search queries
+        self._own_from = [len(p) for p in prompts]  # where each row's own text began (after the last forced token)
         calls = [0] * B
         self.queries = [[] for _ in range(B)]
         done = [False] * B
@@ -82,6 +83,7 @@ class Engine:
                     for b in active:
                         history[b].append(tokens[b])
                         last[b] = tokens[b]
+                        self._own_from[b] = len(history[b])
                     cols.append(tokens)
                     yield tokens, [0] * B
                 logits = model(torch.tensor(cols, device=device).T, cache=cache)[:, -1]
@@ -106,13 +108,15 @@ class Engine:
                 tokens.append(tok)
                 masks.append(m)
                 history[b].append(tok)
+                if m == 0:
+                    self._own_from[b] = len(history[b])
                 last[b] = tok
                 own[b] += m
                 if m == 1 and (tok in stop or own[b] >= max_tokens):
                     done[b] = True
                     forced[b].clear()
                 elif m == 1 and self.tool is not None and tok == self.search_end:
-                    forced[b].extend(self._call_tool(history[b], b, self.queries[b]))
+                    forced[b].extend(self._call_tool(history[b], self._own_from[b], b, self.queries[b]))
                     calls[b] += 1
                     own[b] = 0
             yield tokens, masks
@@ -120,13 +124,13 @@ class Engine:
                 return
             logits = model(torch.tensor(tokens, device=device)[:, None], cache=cache)[:, -1]
 
-    def _call_tool(self, history, row, queries):
-        # The query is whatever the model wrote since its last <|search_start|>.
-        try:
-            start = len(history) - 1 - history[::-1].index(self.search_start)
-            query = self.tokenizer.decode(history[start + 1:-1]).strip()
-        except ValueError:
-            query = ""  # a search_end without a start: search for nothing rather than crash
+    def _call_tool(self, history, own_from, row, queries):
+        # The query is what the model wrote since its last <|search_start|>, never reaching back
+        # past its own text into a forced documents block: a search_end without a start searches
+        # for what the model wrote since the last block (the prompt or the documents).
+        starts = [i for i in range(own_from, len(history) - 1) if history[i] == self.search_start]
+        begin = starts[-1] + 1 if starts else own_from
+        query = self.tokenizer.decode(history[begin:-1]).strip()
         queries.append(query)
         return list(self.tool(query, row))
 

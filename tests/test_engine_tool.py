@@ -93,3 +93,19 @@ def test_engine_rejects_empty_prompt():
     model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2))
     with pytest.raises(ValueError, match="at least one token"):
         Engine(model).generate_batch([[]], 5)
+
+
+def test_a_search_end_without_a_start_searches_only_the_models_own_text(tok):
+    """After a documents block the model writes ' Paris<|search_end|>' with no search_start:
+    the query is ' Paris' (its own text since the block), never the forced documents."""
+    sp = tok.encode_special
+    q, ans = tok.encode(" Ada"), tok.encode(" Paris")
+    script = {sp("<|assistant_start|>"): sp("<|search_start|>"), sp("<|search_start|>"): q[0],
+              q[0]: sp("<|search_end|>"), sp("<|documents_end|>"): ans[0], ans[0]: sp("<|search_end|>")}
+    model = ScriptedGPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                                  block_pattern="T"), script).eval()
+    docs = [{"id": "d1", "title": "Ada", "text": "Ada was born in Paris."}]
+    eng = Engine(model, tok, tool=lambda query, row: tok.encode_documents(docs), max_tool_calls=2)
+    prompt = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
+    eng.generate_batch([prompt], max_tokens=10, stop_tokens=[sp("<|assistant_end|>")])
+    assert eng.queries == [["Ada", "Paris"]]
