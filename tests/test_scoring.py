@@ -1,10 +1,13 @@
 """How the evaluate stage scores an answer (Table 1), on hand-made questions and answers: one
 hallucination rule in every mode, citations against the final block, abstention phrasing,
-the means and their counts, and the headline ratio."""
+the means and their counts, the headline ratio, and the report that shows them."""
+import csv
+
 import pytest
 
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.evaluation import HELD_OUT, aggregate, citation_scores, headline, heldout_rate, is_abstain, score
+from nanochat_core.report import hallucination_plot, markdown_report
 
 SINGLE = {"id": "s", "type": "single", "question": "Where was Ada Lovi born?", "answers": ["Palmora"],
           "gold_doc_ids": [["p1"]]}
@@ -153,3 +156,36 @@ def test_headline_pools_the_held_out_types_and_keeps_the_old_keys():
     assert headline({"mid": RESULTS["mid"]})["rag_over_closed_book_hallucination_heldout"] is None
     zero = {"rag": {"closed_book": {"single": _agg(10, 1.0, 0.0)}, "rag": {"single": _agg(10, 1.0, 0.0)}}}
     assert headline(zero)["rag_over_closed_book_hallucination_heldout"] is None
+
+
+def test_report_shows_em_with_its_interval_and_the_headline_sentence(tmp_path):
+    results = {"rag": {
+        "closed_book": {"single": {"n": 150, "em": 0.0, "em_lo": 0.0, "em_hi": 0.02497, "hallucinated": 0.8,
+                                   "citation_precision": None, "citation_precision_n": 0}},
+        "rag": {"single": {"n": 150, "em": 85 / 150, "em_lo": 0.48668, "em_hi": 0.64333, "hallucinated": 0.4,
+                           "citation_precision": 0.9, "citation_precision_n": 120, "latency_s": 0.0123}}}}
+    h = {"rag_hallucination_heldout": 0.4, "closed_book_hallucination_heldout": 0.8,
+         "rag_over_closed_book_hallucination_heldout": 0.5, "rag_em_2hop": None}
+    path = tmp_path / "report.md"
+    markdown_report(results, h, path, ("single", "2hop", "3hop", "unanswerable"))
+    text = path.read_text()
+    assert "| rag | rag | 150 | 0.567 [0.49, 0.64] |" in text
+    assert "| rag | closed_book | 150 | 0.000 [0.00, 0.02] |" in text
+    assert "0.900 (120)" in text and "— (0)" in text  # citation precision and the answers it is over
+    assert "batched" in text and "0.012" in text
+    lines = text.splitlines()
+    top = next(line for line in lines if line.strip() and not line.startswith("#"))  # the first sentence
+    assert "RAG 0.400 (n=150) against closed-book 0.800 (n=150)" in top
+    assert "0.50× as often as closed-book (50% less)" in top
+    assert "single, 2hop, 3hop, unanswerable" in top
+    assert "- rag_em_2hop: n/a" in text
+
+
+def test_hallucination_plot_writes_one_row_per_checkpoint(tmp_path):
+    rates = {"mid": {"closed_book": 0.9, "rag": 0.7, "refrag": None}, "rag": {"closed_book": 0.8, "rag": 0.4, "refrag": 0.5}}
+    hallucination_plot(rates, tmp_path / "h.csv", tmp_path / "h.png")
+    with open(tmp_path / "h.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"checkpoint": "mid", "closed_book": "0.9", "rag": "0.7", "refrag": ""},
+                    {"checkpoint": "rag", "closed_book": "0.8", "rag": "0.4", "refrag": "0.5"}]
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
