@@ -5,7 +5,7 @@ import json
 
 from nanochat_core import evaluation
 from nanochat_core.common import atomic_write_json, atomic_write_text
-from nanochat_core.report import eval_plot, hallucination_plot, markdown_report
+from nanochat_core.eval_report import eval_plot, hallucination_plot, markdown_report
 from steps.common import numeric_leaves, stage_result
 
 
