@@ -120,3 +120,16 @@ def supported(answer, docs):
     """True when the normalized answer occurs, as whole words, in a document's title + text."""
     a = normalize_answer(answer)
     return bool(a) and any(f" {a} " in f" {normalize_answer(d.get('title', '') + ' ' + d['text'])} " for d in docs)
+
+
+def wilson_interval(successes, n, z=1.96):
+    """The Wilson score interval for a rate of successes/n (z=1.96: 95%). Unlike p ± z·SE it
+    stays inside [0, 1] and is not zero-width at 0/n or n/n, which small test sets often give.
+    n = 0 says nothing: (0.0, 1.0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)

@@ -1,11 +1,11 @@
 """evaluate: every checkpoint x mode (closed-book, RAG, REFRAG) x question type -> the
-metrics (DVC metrics), the report, the EM-by-type plot and table, and every answer, for
-reading. Paths: dvc.yaml."""
+metrics (DVC metrics), the report (Table 1), the EM-by-type and held-out hallucination plots,
+the long table, and every answer, for reading. Paths: dvc.yaml."""
 import json
 
 from nanochat_core import evaluation
 from nanochat_core.common import atomic_write_json, atomic_write_text
-from nanochat_core.report import eval_plot, markdown_report
+from nanochat_core.eval_report import eval_plot, hallucination_plot, markdown_report
 from steps.common import numeric_leaves, stage_result
 
 
@@ -19,10 +19,14 @@ def run(inputs, params, paths, log, ctx):
 
 
 def save(result, params, paths):
-    atomic_write_json(paths["metrics"], {"headline": result["headline"], "results": result["results"]})
-    markdown_report(result["results"], result["headline"], paths["report"])
-    eval_plot(result["results"], paths["plot_csv"], paths["plot_png"], paths["table"])
+    results = result["results"]
+    atomic_write_json(paths["metrics"], {"headline": result["headline"], "results": results})
+    markdown_report(results, result["headline"], paths["report"], evaluation.HELD_OUT)
+    eval_plot(results, paths["plot_csv"], paths["plot_png"], paths["table"])
+    rates = {ck: {mode: evaluation.heldout_rate(results, ck, mode) for mode in modes} for ck, modes in results.items()}
+    hallucination_plot(rates, paths["halluc_csv"], paths["halluc_png"])
     atomic_write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result["predictions"]))
     metrics = {k: v for k, v in result["headline"].items() if v is not None}
-    metrics.update(numeric_leaves(result["results"]))
-    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "report", "plot_png", "plot_csv", "table")])
+    metrics.update(numeric_leaves(results))
+    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "report", "plot_png", "plot_csv", "table",
+                                                                       "halluc_png", "halluc_csv")])

@@ -93,6 +93,33 @@ def test_dvc_outs_follow_the_file_contracts():
     assert top["eval_by_type"]["y"] == {"reports/plots/eval_by_type.csv": ["closed_book", "rag", "refrag"]}
 
 
+def _imports(path):
+    """The modules a file imports, `from a import b` as both a and a.b."""
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return out
+
+
+def test_evaluation_only_code_is_a_dep_of_evaluate_alone():
+    # Editing the scoring or Table 1 must retrain nothing: no training stage lists these files,
+    # and no code a training stage lists imports the report module (DVC would not see the edit).
+    only_eval = {"nanochat_core/evaluation.py", "nanochat_core/eval_report.py"}
+    for name, st in DVC_YAML.items():
+        deps = set(st.get("deps", []))
+        if name == "evaluate":
+            assert only_eval <= deps
+            continue
+        assert not only_eval & deps, name
+        code = [f for d in deps if d.startswith(("nanochat_core", "steps/"))
+                for f in ([REPO_ROOT / d] if d.endswith(".py") else (REPO_ROOT / d).rglob("*.py"))]
+        assert not [f for f in code if "nanochat_core.eval_report" in _imports(f)], name
+
+
 def test_dvc_deps_exist():
     # `dvc repro` fails on a missing dependency; this names it first.
     missing = sorted({d for st in DVC_YAML.values() for d in st.get("deps", [])

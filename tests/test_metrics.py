@@ -1,4 +1,5 @@
-"""Retrieval metrics (trec_eval definitions) and SQuAD EM/F1, each against hand-computed values."""
+"""Retrieval metrics (trec_eval definitions), SQuAD EM/F1 and the Wilson interval, each against
+hand-computed values."""
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from nanochat_core.metrics import (
     normalize_answer,
     precision_at_k,
     recall_at_k,
+    wilson_interval,
 )
 
 # d2 (grade 2) at rank 2, d4 (grade 1) at rank 4, d9 (grade 1) never retrieved, d3 judged non-relevant.
@@ -89,3 +91,27 @@ def test_unanswerable_squad_v2():
     assert f1("Paris", []) == 0.0 and exact_match("Paris", []) == 0.0
     assert f1("", ["Paris"]) == 0.0
     assert f1("the", ["a"]) == 1.0  # both normalize to empty
+
+
+def test_squad_normalization_in_em_and_f1():
+    assert exact_match("  the PALMORA!! ", ["Palmora"]) == 1.0  # case, articles, punctuation, spaces
+    assert exact_match("Palmora and Vessa", ["Palmora"]) == 0.0  # the gold inside a longer answer
+    # pred [palmora, and, vessa], gold [palmora]: P = 1/3, R = 1, F1 = 2 * (1/3) / (4/3) = 1/2
+    assert f1("Palmora and Vessa", ["Palmora"]) == pytest.approx(0.5)
+    assert f1("Palmora, Vessa", ["Vessa, Palmora"]) == 1.0  # bag of tokens: order does not matter
+
+
+def test_wilson_interval():
+    # 8/10: p = 0.8, z^2 = 3.8416; center (0.8 + 0.19208) / 1.38416 = 0.71675,
+    # half 1.96 * sqrt(0.016 + 0.009604) / 1.38416 = 0.22658
+    lo, hi = wilson_interval(8, 10)
+    assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    # 0/n: the lower bound is 0 and the upper z^2 / (n + z^2), not a zero-width interval
+    assert wilson_interval(0, 150) == (0.0, pytest.approx(3.8416 / 153.8416))
+    assert wilson_interval(150, 150) == (pytest.approx(150 / 153.8416), 1.0)
+    # symmetric in successes and failures
+    lo2, hi2 = wilson_interval(2, 10)
+    assert (lo2, hi2) == (pytest.approx(1 - hi), pytest.approx(1 - lo))
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no answers: no information
+    # a wider z gives a wider interval
+    assert wilson_interval(8, 10, z=2.576)[0] < lo

@@ -1,0 +1,134 @@
+"""The evaluate stage's report: Table 1 (report.md), the EM-by-type and held-out hallucination
+plots and the long table. Only the evaluate stage depends on this file, so editing the report
+retrains nothing; the CSV/PNG writers are report.py's. CSV files feed `dvc plots`; PNGs are for
+looking at."""
+from pathlib import Path
+
+from nanochat_core.common import atomic_write_text
+from nanochat_core.report import _save_png, write_csv
+
+
+def eval_rows(results):
+    return [{"checkpoint": ck, "mode": mode, "type": t, "series": f"{ck}/{mode}", **m}
+            for ck, modes in results.items() for mode, types in modes.items() for t, m in types.items()]
+
+
+MODES = ("closed_book", "rag", "refrag")
+# Table 1's order: held-out people's questions by hops, then the ones that test something else.
+TYPES = ("single", "2hop", "3hop", "unanswerable", "counterfactual", "known_single")
+
+
+def eval_plot(results, csv_path, png_path, table_path=None):
+    """csv_path: one row per question type, EM of the final checkpoint in each mode (what
+    `dvc plots show` draws); table_path: every checkpoint x mode x type, long format."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = eval_rows(results)
+    if table_path:
+        write_csv(table_path, rows, ["checkpoint", "mode", "type", "n", "em", "em_lo", "em_hi", "f1", "hallucinated",
+                                     "unsupported", "abstained", "abstention_correct", "citation_precision",
+                                     "citation_precision_n", "citation_recall", "citation_recall_n", "mean_hops",
+                                     "latency_s", "retrieval_recall"])
+    final = list(results)[-1] if results else None
+    wide = [{"type": t, **{m: results[final].get(m, {}).get(t, {}).get("em") for m in MODES}}
+            for t in sorted({r["type"] for r in rows})]
+    write_csv(csv_path, wide, ["type", *MODES])
+    types = sorted({r["type"] for r in rows})
+    series = sorted({r["series"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(types) + 2), 4))
+    width = 0.8 / max(1, len(series))
+    for i, s in enumerate(series):
+        ems = [next((r["em"] for r in rows if r["series"] == s and r["type"] == t), 0) or 0 for t in types]
+        ax.bar([x + i * width for x in range(len(types))], ems, width, label=s, color=plt.cm.tab20(i % 20))
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(types))], types, rotation=20)
+    ax.set_ylabel("exact match")
+    ax.set_ylim(0, 1)
+    ax.set_title("Exact match by question type (checkpoint/mode)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    _save_png(fig, png_path)
+    plt.close(fig)
+
+
+def hallucination_plot(rates, csv_path, png_path):
+    """rates: {checkpoint: {mode: hallucination rate on the held-out questions, or None}}.
+    csv_path: one row per checkpoint, one column per mode (the `dvc plots` source)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    write_csv(csv_path, [{"checkpoint": ck, **modes} for ck, modes in rates.items()], ["checkpoint", *MODES])
+    cks = list(rates)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cks) + 2), 4))
+    width = 0.8 / len(MODES)
+    for i, m in enumerate(MODES):
+        ax.bar([x + i * width for x in range(len(cks))], [rates[ck].get(m) or 0 for ck in cks], width, label=m,
+               color=plt.cm.tab10(i))
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cks))], cks)
+    ax.set_ylabel("hallucination rate")
+    ax.set_ylim(0, 1)
+    ax.set_title("Hallucination (neither correct nor an abstention), held-out-entity questions")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save_png(fig, png_path)
+    plt.close(fig)
+
+
+def _fmt(v, digits=3):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def headline_sentence(results, headline, heldout):
+    """Table 1's one-sentence summary: RAG's hallucination rate against closed-book's, for the
+    rag checkpoint on the held-out questions (`heldout`, the pooled types)."""
+    ratio = headline.get("rag_over_closed_book_hallucination_heldout")
+    n = {m: sum(results.get("rag", {}).get(m, {}).get(t, {}).get("n", 0) for t in heldout) for m in ("rag", "closed_book")}
+    rates = (f"RAG {_fmt(headline.get('rag_hallucination_heldout'))} (n={n['rag']}) against closed-book "
+             f"{_fmt(headline.get('closed_book_hallucination_heldout'))} (n={n['closed_book']})")
+    verdict = ("the ratio is undefined (a rate is missing or closed-book's is 0)" if ratio is None else
+               f"RAG hallucinates {ratio:.2f}× as often as closed-book "
+               f"({abs(1 - ratio):.0%} {'less' if ratio <= 1 else 'more'})")
+    return (f"**Hallucination** (an answer that is neither correct nor an abstention), checkpoint `rag`, "
+            f"held-out-entity questions ({', '.join(heldout)}): {rates}; {verdict}.")
+
+
+def markdown_report(results, headline, path, heldout):
+    """The evaluation report: the headline sentence, the headline numbers, then Table 1, one table
+    per question type with a row per checkpoint x mode. `heldout`: the question types the
+    headline's hallucination rates pool."""
+    lines = ["# Evaluation", "", headline_sentence(results, headline, heldout), "",
+             "Headline (test questions; EM = exact match):", ""]
+    lines += [f"- {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in headline.items()]
+    lines += ["", "## Table 1", "",
+              "- EM: exact match (SQuAD normalization) with its 95% Wilson interval; F1: SQuAD token F1.",
+              "- hallucinated: neither an abstention nor correct, in every mode (closed-book included); "
+              "unsupported: not an abstention and in no shown document (every closed-book answer is).",
+              "- abstained: the share of abstentions; abstention acc.: abstained exactly when the gold answer "
+              "is the abstention.",
+              "- citation P: the share of [n] citations naming a gold document of the last hop (an [n] past the "
+              "block's end is wrong); citation R: of those gold documents shown in the final block, the share "
+              "cited; (n) is how many answers each is defined for.",
+              "- hops: documents blocks seen per answer; s/answer: wall-clock time of the group's answering "
+              "(batched, per answer); retrieval recall: every hop's gold documents shown in any block."]
+    types = [t for t in TYPES if any(t in m for modes in results.values() for m in modes.values())]
+    types += sorted({t for modes in results.values() for m in modes.values() for t in m} - set(types))
+    for t in types:
+        lines += ["", f"### {t}", "",
+                  "| checkpoint | mode | n | EM [95% CI] | F1 | hallucinated | unsupported | abstained | "
+                  "abstention acc. | citation P (n) | citation R (n) | hops | s/answer (batched) | retrieval recall |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for ck, modes in results.items():
+            for mode, by_type in modes.items():
+                if t not in by_type:
+                    continue
+                r = by_type[t]
+                em = _fmt(r.get("em"))
+                if r.get("em_lo") is not None:
+                    em += f" [{r['em_lo']:.2f}, {r['em_hi']:.2f}]"
+                cites = [f"{_fmt(r.get(k))} ({r.get(k + '_n', 0)})" for k in ("citation_precision", "citation_recall")]
+                lines.append(f"| {ck} | {mode} | {r['n']} | {em} | {_fmt(r.get('f1'))} | {_fmt(r.get('hallucinated'))} | "
+                             f"{_fmt(r.get('unsupported'))} | {_fmt(r.get('abstained'))} | "
+                             f"{_fmt(r.get('abstention_correct'))} | {cites[0]} | {cites[1]} | "
+                             f"{_fmt(r.get('mean_hops'), 2)} | {_fmt(r.get('latency_s'), 3)} | "
+                             f"{_fmt(r.get('retrieval_recall'))} |")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
