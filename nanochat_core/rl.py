@@ -101,7 +101,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     for o in opts:
         for g in o.param_groups:
             g["initial_lr"] = g["lr"]
-    rng = random.Random(f"rl:{p['seed']}")
+    rng = random.Random(f"rl:{p['rl_seed']}")
     pad = tokenizer.get_bos_token_id()
     G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
     history = []
@@ -118,7 +118,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         batch = [q for q in qs for _ in range(G)]
         model.eval()
         rows = refrag_rollouts(model, tokenizer, batch, kb, p["k"], p["retriever"], p["max_hops"],
-                               p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=p["seed"] * 100_003 + step)
+                               p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=p["rl_seed"] * 100_003 + step)
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)

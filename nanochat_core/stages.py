@@ -43,8 +43,11 @@ def make_lineage(stage, run=None, parent_ckpt=None, data=None):
 
 def resume_key(params, sections, parent_hash):
     """What a step checkpoint must match to be resumed from: the stage's params sections and
-    its parent (checkpoint or corpus). After a params change the stage starts over."""
-    blob = json.dumps({"params": {k: params[k] for k in sections}, "parent": parent_hash}, sort_keys=True)
+    its parent (checkpoint or corpus). After a params change the stage starts over. The rl_*
+    keys configure refrag_finetune's RL phase, which runs after the warm-up and never resumes,
+    so they are left out: changing one (another rl_seed, say) reruns RL, not the warm-up."""
+    sec = {k: {n: v for n, v in params[k].items() if not n.startswith("rl_")} for k in sections}
+    blob = json.dumps({"params": sec, "parent": parent_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -189,7 +192,8 @@ def rag_conversations(p, qa, kb):
 
 def refrag_conversations(p, qa, kb):
     """Gold multi-hop search trajectories (at most p["max_hops"] hops) with the retriever in
-    the loop; rag_mix single-shot RAG conversations (answerable and not: without the
+    the loop (an unanswerable question's trajectory searches up to the entity whose fact is
+    missing, then abstains); rag_mix single-shot RAG conversations (answerable and not: without the
     unanswerable ones this stage unlearns abstaining); and p["drills"] gold trajectories over
     the drill world's KB, whose people are new, so a search must copy the name it reads
     (trained on the real train people alone, the model searched for names it remembered)."""
@@ -265,7 +269,7 @@ def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, ru
         raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": "refrag_finetune", "phase": "rl",
             "lineage": make_lineage("refrag_finetune", run, sft_dir, data)}
-    torch.manual_seed(p["seed"])
+    torch.manual_seed(p["rl_seed"])
     summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device)
     summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs)})
     return summary

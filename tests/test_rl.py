@@ -107,3 +107,21 @@ def test_rl_raises_the_probability_of_the_rewarded_continuation():
             o.step()
         model.zero_grad(set_to_none=True)
     assert p_a() > before + 0.2
+
+
+def test_rl_keys_do_not_restart_the_warm_up():
+    """Another rl_seed (or any rl_* key) must rerun RL only: the warm-up's resume key ignores
+    them, while any other key of the section still starts the warm-up over."""
+    import copy
+
+    from nanochat_core.params import DEFAULTS
+    from nanochat_core.stages import resume_key
+    a = copy.deepcopy(DEFAULTS)
+    b = copy.deepcopy(DEFAULTS)
+    b["refrag_finetune"]["rl_seed"] += 1
+    b["refrag_finetune"]["rl_steps"] += 5
+    c = copy.deepcopy(DEFAULTS)
+    c["refrag_finetune"]["steps"] += 1
+    key = lambda p: resume_key(p, ["refrag_finetune"], "parent")
+    assert key(a) == key(b)
+    assert key(a) != key(c)
