@@ -94,37 +94,47 @@ def segsum(x):
 
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None):
     """Mamba-2 state-space duality scan. x: (b, l, h, p); dt: (b, l, h); A: (h,);
-    B, C: (b, l, g, n); initial_state: (b, h, p, n). Returns y (b, l, h, p), final state."""
+    B, C: (b, l, g, n); initial_state: (b, h, p, n). Returns y (b, l, h, p), final state.
+    Every contraction is a batched matmul over (b, chunk, head or group): on CPU, generic
+    einsums with three operands or a size-1 group axis copy and permute far more than this."""
     b, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
+    r = h // g  # heads per group share B and C
     cs = min(chunk_size, L)
     nc = math.ceil(L / cs)
     pad = nc * cs - L
     if pad:  # dt = 0 on padding: no decay, no input, so the final state is exact
         x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
         B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    B = B.repeat_interleave(h // g, dim=2).view(b, nc, cs, h, n)
-    C = C.repeat_interleave(h // g, dim=2).view(b, nc, cs, h, n)
-    X = (x * dt[..., None]).view(b, nc, cs, h, p)
-    Adt = (dt * A).view(b, nc, cs, h).permute(0, 3, 1, 2)  # (b, h, c, l)
-    A_cum = torch.cumsum(Adt, dim=-1)
-    # 1) within each chunk: y_l = sum_{s<=l} C_l.B_s exp(A_cum_l - A_cum_s) X_s
-    Lmat = torch.exp(segsum(Adt))  # (b, h, c, l, s)
-    CB = torch.einsum("bclhn,bcshn->bhcls", C, B)
-    y_diag = torch.einsum("bhcls,bcshp->bclhp", CB * Lmat, X)
-    # 2) each chunk's own final state (from zero)
-    decay_states = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, l)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_states, X)
+    X = (x * dt[..., None]).view(b, nc, cs, h, p).transpose(2, 3)  # (b, c, h, l, p)
+    B = B.view(b, nc, cs, g, n).transpose(2, 3)  # (b, c, g, l, n)
+    C = C.view(b, nc, cs, g, n).transpose(2, 3)
+    A_cum = torch.cumsum((dt * A).view(b, nc, cs, h).transpose(2, 3), dim=-1)  # (b, c, h, l), within each chunk
+    # 1) within each chunk: y_l = sum_{s<=l} C_l.B_s exp(A_cum_l - A_cum_s) X_s. The decay is a
+    # difference of in-chunk cumsums (as mamba_ssm's kernels do), masked to s <= l before the exp
+    # so the upper triangle is exp(-inf) = 0 rather than an overflow. C.B is per group, not per head.
+    causal = torch.ones(cs, cs, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((A_cum[..., :, None] - A_cum[..., None, :]).masked_fill_(~causal, float("-inf")))  # (b, c, h, l, s)
+    CB = C @ B.transpose(-1, -2)  # (b, c, g, l, s)
+    M = (decay.view(b, nc, g, r, cs, cs) * CB[:, :, :, None]).view(b, nc, h, cs, cs)
+    y_diag = M @ X  # (b, c, h, l, p)
+    # 2) each chunk's own final state (from zero): sum_l exp(A_cum_end - A_cum_l) X_l B_l^T, with the
+    # r heads of a group stacked as rows so B is shared without a per-head copy
+    Xd = X * torch.exp(A_cum[..., -1:] - A_cum)[..., None]  # (b, c, h, l, p)
+    Xd = Xd.view(b, nc, g, r, cs, p).permute(0, 1, 2, 3, 5, 4).reshape(b, nc, g, r * p, cs)
+    states = (Xd @ B).view(b, nc, h, p, n)
     # 3) recurrence over chunk boundaries (c is small, so the quadratic form is cheap)
     if initial_state is None:
         initial_state = torch.zeros(b, h, p, n, dtype=x.dtype, device=x.device)
-    states = torch.cat([initial_state[:, None], states], dim=1)  # (b, c+1, h, p, n)
-    decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    new_states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
-    states, final_state = new_states[:, :-1], new_states[:, -1]
-    # 4) contribution of the state entering each chunk
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(A_cum))
-    y = (y_diag + y_off).reshape(b, nc * cs, h, p)[:, :L]
+    states = torch.cat([initial_state[:, None], states], dim=1).transpose(1, 2)  # (b, h, c+1, p, n)
+    decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1].transpose(1, 2), (1, 0))))  # (b, h, c+1, c+1)
+    states = (decay_chunk @ states.reshape(b, h, nc + 1, p * n)).view(b, h, nc + 1, p, n)
+    states, final_state = states[:, :, :-1], states[:, :, -1]  # state entering each chunk, state after the last
+    # 4) contribution of the state entering each chunk: exp(A_cum_l) C_l . state
+    S = states.reshape(b, g, r, nc, p, n).permute(0, 3, 1, 5, 2, 4).reshape(b, nc, g, n, r * p)
+    y_off = (C @ S).view(b, nc, g, cs, r, p).transpose(2, 3).reshape(b, nc, cs, h, p)
+    y_off = y_off * torch.exp(A_cum).permute(0, 1, 3, 2)[..., None]  # (b, c, l, h, p)
+    y = (y_diag.transpose(2, 3) + y_off).reshape(b, nc * cs, h, p)[:, :L]
     if D is not None:
         y = y + x[:, :L] * D[:, None]
     return y, final_state
@@ -132,11 +142,16 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None):
 
 def _conv_with_state(xc, weight, bias, conv_state):
     """Depthwise causal conv over xc (b, l, c) continuing from conv_state (b, c, d_conv), the
-    last d_conv inputs seen (zeros at the start). Returns output (b, l, c) and the new state."""
-    d_conv = weight.shape[-1]
-    full = torch.cat([conv_state, xc.transpose(1, 2)], dim=-1)  # (b, c, d_conv + l)
-    out = F.conv1d(full[..., 1:], weight, bias, groups=weight.shape[0])  # length l
-    return out.transpose(1, 2), full[..., -d_conv:]
+    last d_conv inputs seen (zeros at the start). Returns output (b, l, c) and the new state.
+    A sum of d_conv shifted products in the (b, l, c) layout: on CPU that is faster than a
+    grouped F.conv1d (whose backward is slow) and keeps the output contiguous for what follows."""
+    L, d_conv = xc.shape[1], weight.shape[-1]
+    full = torch.cat([conv_state.transpose(1, 2), xc], dim=1)  # (b, d_conv + l, c)
+    w = weight[:, 0].t()  # (d_conv, c)
+    out = torch.addcmul(bias, full[:, 1:L + 1], w[0])  # out_t = bias + sum_k w_k full_{t+1+k}
+    for k in range(1, d_conv):
+        out = torch.addcmul(out, full[:, k + 1:k + 1 + L], w[k])
+    return out, full[:, -d_conv:].transpose(1, 2).contiguous()
 
 
 def _inv_softplus_dt(size, dt_min=0.001, dt_max=0.1, floor=1e-4):
@@ -263,12 +278,18 @@ class Mamba2(nn.Module):
     def _split(self, zxbcdt):
         return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
+    def _in_proj(self, u):
+        # One matmul per output (z, xBC, dt) over row blocks of in_proj.weight: the full width
+        # 2 d_inner + 2 g n + h is odd (1007 at d_model 240), where MKL's sgemm runs at half speed,
+        # and separate outputs come out contiguous for the conv and the gate.
+        return [F.linear(u, w) for w in torch.split(self.in_proj.weight, [self.d_inner, self.conv_dim, self.nheads])]
+
     def forward(self, u, valid=None, state=None):
         """u: (b, l, d_model); valid and state as in Mamba1."""
         b, L, _ = u.shape
         if state is not None and L == 1:
             return self.step(u, state)
-        z, xBC, dt = self._split(self.in_proj(u))  # (b, l, d_inner), (b, l, conv_dim), (b, l, nheads)
+        z, xBC, dt = self._in_proj(u)  # (b, l, d_inner), (b, l, conv_dim), (b, l, nheads)
         if valid is not None:
             xBC = xBC * valid[..., None]
         A = -torch.exp(self.A_log.float())  # (nheads,): one scalar decay per head
