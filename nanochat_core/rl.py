@@ -132,7 +132,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
             o.step()
         model.zero_grad(set_to_none=True)
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
-        rec = {"step": step, "loss": float(loss), "reward": float(R.mean()), "entropy": entropy, "lr_mult": mult,
+        rec = {"step": step, "loss": loss.item(), "reward": float(R.mean()), "entropy": entropy, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
                   for k in ("em", "citation", "unsupported", "format", "bad_query")},
                "searches_per_rollout": sum(len(r["queries"]) - 1 for r in rows) / len(rows),
