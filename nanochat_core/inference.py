@@ -1,5 +1,5 @@
-"""Answering questions with a trained model: the evaluation side, which no training stage
-depends on (editing it retrains nothing).
+"""Answering questions with a trained model: used by evaluate and by refrag_finetune's RL
+rollouts (so editing it reruns both).
 
 Three ways to answer, all with the same model and tokenizer:
   closed_book  the question alone
