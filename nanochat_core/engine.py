@@ -65,7 +65,7 @@ class Engine:
         stop = set(stop_tokens)
         forced = [deque() for _ in range(B)]
         history = [list(p) for p in prompts]  # for reading back search queries
-        self._own_from = [len(p) for p in prompts]  # where each row's own text began (after the last forced token)
+        own_from = [len(p) for p in prompts]  # where each row's own text began (after the last forced token)
         calls = [0] * B
         self.queries = [[] for _ in range(B)]
         done = [False] * B
@@ -83,7 +83,7 @@ class Engine:
                     for b in active:
                         history[b].append(tokens[b])
                         last[b] = tokens[b]
-                        self._own_from[b] = len(history[b])
+                        own_from[b] = len(history[b])
                     cols.append(tokens)
                     yield tokens, [0] * B
                 logits = model(torch.tensor(cols, device=device).T, cache=cache)[:, -1]
@@ -109,14 +109,14 @@ class Engine:
                 masks.append(m)
                 history[b].append(tok)
                 if m == 0:
-                    self._own_from[b] = len(history[b])
+                    own_from[b] = len(history[b])
                 last[b] = tok
                 own[b] += m
                 if m == 1 and (tok in stop or own[b] >= max_tokens):
                     done[b] = True
                     forced[b].clear()
                 elif m == 1 and self.tool is not None and tok == self.search_end:
-                    forced[b].extend(self._call_tool(history[b], self._own_from[b], b, self.queries[b]))
+                    forced[b].extend(self._call_tool(history[b], own_from[b], b, self.queries[b]))
                     calls[b] += 1
                     own[b] = 0
             yield tokens, masks
