@@ -3,11 +3,12 @@ hold only documents not shown yet, the hop limit forces an answer, and a model t
 at once produces single-shot RAG's answer token for token."""
 import pytest
 import torch
+from fakes import BiasedGPT
 
 from nanochat_core.data.questions import make_questions
 from nanochat_core.data.world import build_world
 from nanochat_core.inference import answer_questions
-from nanochat_core.model import GPT, GPTConfig
+from nanochat_core.model import GPTConfig
 from nanochat_core.rag import retrieve
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.tokenizer import Tokenizer
@@ -21,27 +22,6 @@ def setup():
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=600)
     qa = make_questions(world, 2, {}, {"single": 6, "2hop": 6})[0]
     return world, kb, tok, qa["val"] + qa["test"]
-
-
-class BiasedGPT(GPT):
-    """A real GPT (so the cache and the engine are real) with fixed biases on its logits:
-    `always` {token: bias} everywhere, `after` {token: next token} forced after a token."""
-
-    def __init__(self, config, always=None, after=None):
-        super().__init__(config)
-        self.always, self.after = always or {}, after or {}
-
-    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean"):
-        logits = super().forward(idx, targets, valid, cache, reduction)
-        bias = torch.zeros_like(logits)
-        for t, v in self.always.items():
-            bias[..., t] += v
-        for b in range(idx.shape[0]):
-            for j in range(idx.shape[1]):
-                nxt = self.after.get(idx[b, j].item())
-                if nxt is not None:
-                    bias[b, j, nxt] += 1e4
-        return logits + bias
 
 
 def _config(tok):

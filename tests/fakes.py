@@ -1,0 +1,42 @@
+"""Test doubles shared by several test files (pytest puts tests/ on sys.path)."""
+import torch
+
+from nanochat_core.model import GPT
+
+
+class BiasedGPT(GPT):
+    """A real GPT (so the cache and the engine are real) with fixed biases on its logits:
+    `always` {token: bias} everywhere, `after` {token: next token} forced after a token."""
+
+    def __init__(self, config, always=None, after=None):
+        super().__init__(config)
+        self.always, self.after = always or {}, after or {}
+
+    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean"):
+        logits = super().forward(idx, targets, valid, cache, reduction)
+        bias = torch.zeros_like(logits)
+        for t, v in self.always.items():
+            bias[..., t] += v
+        for b in range(idx.shape[0]):
+            for j in range(idx.shape[1]):
+                nxt = self.after.get(idx[b, j].item())
+                if nxt is not None:
+                    bias[b, j, nxt] += 1e4
+        return logits + bias
+
+
+def scripted(tok, answer, search=None):
+    """`after` for a BiasedGPT that writes `answer` (e.g. " Zed [1]") once the documents are
+    shown; with `search`, it first searches for that text once. Each token of the script must
+    be distinct, since the next token is chosen from the previous one alone."""
+    sp = tok.encode_special
+    a = tok.encode(answer) + [sp("<|assistant_end|>")]
+    chain = ([sp("<|search_start|>")] + tok.encode(search) + [sp("<|search_end|>")]) if search else []
+    after = {sp("<|assistant_start|>"): (chain or a)[0]}
+    if chain:
+        after.update(zip(chain, chain[1:]))
+        after[sp("<|documents_end|>")] = a[0]  # after the follow-up's block: answer
+    after.update(zip(a, a[1:]))
+    ids = chain + a
+    assert len(ids) == len(set(ids)), f"script {search!r} / {answer!r} repeats a token"
+    return after
