@@ -28,7 +28,8 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
     test = read_jsonl(Path(qa_dir) / "test.jsonl")
     groups = {}
     for q in test:
-        t = "known_single" if q.get("known") else q["type"]
+        # a QA source's questions (e.g. squad_single) are reported apart from the world's
+        t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
         groups.setdefault(t, []).append(q)
     groups = {t: sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
     results, predictions = {}, []

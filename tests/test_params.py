@@ -179,7 +179,10 @@ def test_every_preset_applies_and_validates(tmp_path, name):
     preset = PR.load_preset(name)
     for section, values in preset.items():
         for k, v in values.items():
-            if not isinstance(v, dict):
+            if isinstance(v, list) and all(isinstance(x, dict) for x in v):  # source specs get defaults filled
+                got = params[section][k]
+                assert len(got) == len(v) and all(g.items() >= w.items() for g, w in zip(got, v)), f"{name}: {section}.{k}"
+            elif not isinstance(v, dict):
                 assert params[section][k] == v, f"{name}: {section}.{k}"
     text = target.read_text()
     assert "# one char per layer: T attention, M Mamba" in text  # comments kept

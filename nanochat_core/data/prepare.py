@@ -18,6 +18,7 @@ from pathlib import Path
 from nanochat_core.common import atomic_write_text, closest, sha256_file
 from nanochat_core.data import world as W
 from nanochat_core.data.documents import validate_documents, write_documents
+from nanochat_core.data.qa_sources import QA_SOURCE_TYPES, load_qa_source
 from nanochat_core.data.questions import make_questions
 from nanochat_core.data.sources import load_source, python_docs, validate_source_spec
 
@@ -42,12 +43,13 @@ DEFAULTS = {
         "counterfactual": 60,          # edited train facts (KB edited, corpus original) -> qa/test
         "known_single": 100,           # train-fact single-hop questions -> qa/test (held out of train)
         "val_fraction": 0.25,          # share of each eval type that goes to qa/val
+        "world": True,                 # false: data/qa holds only the squad/hotpotqa sources' questions
     },
     "real_text": {
         "python_docs": True,           # Python's installed documentation, no network needed
         "max_chars": 300_000,          # cap on the python_docs text
     },
-    "sources": [],                     # user sources: [{type: jsonl|text|dir|parquet|python_docs, path: ...}]
+    "sources": [],                     # user sources: [{type: jsonl|text|dir|parquet|python_docs|squad|hotpotqa, path: ...}]
     "kb_include_real_text": False,     # also put real text (python_docs, sources) into documents.jsonl
     "corpus": {
         "shard_chars": 100_000,        # characters of text per shard; several shards let pretraining hold one out
@@ -147,15 +149,22 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
         docs, stats = python_docs(p["real_text"]["max_chars"])
         real_docs += docs
         source_stats.append(stats)
+    qa_docs, qa_files = [], {"train": [], "val": [], "test": []}
     for i, spec in enumerate(p["sources"]):
-        docs, stats = load_source(spec, f"documents.sources[{i}]")
-        real_docs += docs
+        if spec["type"] in QA_SOURCE_TYPES:  # QA datasets: paragraphs into the KB (not the corpus), questions into data/qa
+            docs, files, stats = load_qa_source(spec, p["seed"])
+            qa_docs += docs
+            for name in qa_files:
+                qa_files[name] += files[name]
+        else:
+            docs, stats = load_source(spec, f"documents.sources[{i}]")
+            real_docs += docs
         source_stats.append(stats)
 
     world_docs = world.kb_documents()
-    kb_docs = world_docs + (real_docs if p["kb_include_real_text"] else [])
+    kb_docs = world_docs + qa_docs + (real_docs if p["kb_include_real_text"] else [])
     first = {}
-    for d in world_docs + real_docs:  # ids must be unique even where only the corpus uses them
+    for d in world_docs + qa_docs + real_docs:  # ids must be unique even where only the corpus uses them
         if d["id"] in first:
             raise ValueError(f"document id {d['id']!r} comes from both {first[d['id']]} and {d['source']}; "
                              "give one of the sources a different `name`")
@@ -183,6 +192,13 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
 
     files, qa_summary = make_questions(world, p["seed"], q["train"], q["eval"], q["known_single"],
                                          q["val_fraction"])
+    if not q["world"]:  # only the QA sources' questions (the world still gives the corpus and drills)
+        files = {name: [] for name in files}
+    for name in files:
+        files[name] += qa_files[name]
+    if not any(files.values()):
+        raise ValueError("documents.questions.world is false and no squad/hotpotqa source gives questions; "
+                         "add one to documents.sources or set documents.questions.world: true")
 
     # Write. Each file is atomic; stale shards from an earlier, larger run are removed last.
     written = {}

@@ -6,6 +6,7 @@ A source spec is a dict (one entry of params `documents.sources`):
     {"type": "text",    "path": "notes.txt", "encoding": "utf-8", "split": "file" | "paragraph"}
     {"type": "dir",     "path": "docs/", "glob": "**/*", ...}   # .jsonl / .parquet / anything else as text
     {"type": "parquet", "path": "shards/" or "shard_00000.parquet", "text_field": "text"}
+    {"type": "squad" | "hotpotqa", "path": ...}   QA datasets: see qa_sources.py
 Every spec may also carry "name": the prefix of its document ids (default: the file's stem).
 
 load_source(spec) -> (documents, stats). Documents follow the shared schema
@@ -33,11 +34,16 @@ SOURCE_KEYS = {
     "text": {"type", "name", "path", "encoding", "split"},
     "dir": {"type", "name", "path", "glob", "text_field", "title_field", "id_field", "encoding", "split"},
     "parquet": {"type", "name", "path", "text_field", "title_field", "id_field"},
+    # QA datasets (nanochat_core/data/qa_sources.py): paragraphs into the KB, questions into data/qa
+    "squad": {"type", "name", "path", "max_questions", "val_fraction", "test_fraction", "on_error"},
+    "hotpotqa": {"type", "name", "path", "max_questions", "val_fraction", "test_fraction", "on_error"},
 }
 SOURCE_DEFAULTS = {"text_field": "text", "title_field": "title", "id_field": "id", "encoding": "utf-8",
-                   "split": "file", "glob": "**/*", "max_chars": 300_000}
+                   "split": "file", "glob": "**/*", "max_chars": 300_000,
+                   "max_questions": 0, "val_fraction": 0.1, "test_fraction": 0.2, "on_error": "raise"}
 KEY_TYPES = {"type": str, "name": str, "path": str, "text_field": str, "title_field": str, "id_field": str,
-             "encoding": str, "split": str, "glob": str, "max_chars": int}
+             "encoding": str, "split": str, "glob": str, "max_chars": int, "max_questions": int,
+             "val_fraction": (int, float), "test_fraction": (int, float), "on_error": str}
 SPLITS = ("file", "paragraph")
 
 # A fixed list, so the default corpus is the same for a given Python version.
@@ -70,15 +76,23 @@ def validate_source_spec(spec, where="documents.sources[0]"):
             raise ValueError(f"{where}.{k}: unknown key for a {stype} source; valid keys are {', '.join(sorted(allowed))}")
         want = KEY_TYPES[k]
         if not isinstance(v, want) or isinstance(v, bool):
-            raise ValueError(f"{where}.{k}: expected {want.__name__}, got {type(v).__name__} ({v!r})")  # noqa: TRY004
+            name = "number" if isinstance(want, tuple) else want.__name__
+            raise ValueError(f"{where}.{k}: expected {name}, got {type(v).__name__} ({v!r})")  # noqa: TRY004
     out = {k: SOURCE_DEFAULTS[k] for k in allowed if k in SOURCE_DEFAULTS}
     out.update(spec)
     if "path" in allowed and not out.get("path"):
         raise ValueError(f"{where}.path: a {stype} source needs a path")
     if out.get("split", "file") not in SPLITS:
         raise ValueError(f"{where}.split: must be one of {', '.join(SPLITS)}, got {out['split']!r}")
-    if out.get("max_chars", 0) < 0:
-        raise ValueError(f"{where}.max_chars: must be >= 0, got {out['max_chars']}")
+    for k in ("max_chars", "max_questions"):
+        if out.get(k, 0) < 0:
+            raise ValueError(f"{where}.{k}: must be >= 0, got {out[k]}")
+    if "on_error" in out and out["on_error"] not in ("raise", "skip"):
+        raise ValueError(f"{where}.on_error: must be raise or skip, got {out['on_error']!r}")
+    if "val_fraction" in out and not (0 <= out["val_fraction"] and 0 <= out["test_fraction"]
+                                      and out["val_fraction"] + out["test_fraction"] < 1):
+        raise ValueError(f"{where}: val_fraction and test_fraction must be >= 0 and sum to less than 1, got "
+                         f"{out['val_fraction']} and {out['test_fraction']}")
     if "encoding" in out:
         import codecs
         try:
