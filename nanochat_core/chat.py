@@ -10,6 +10,7 @@ Events (dicts, in order):
   {"event": "done",    "answer", "raw", "citations": [{n, id, title, hop}], "queries",
                        "sources" (one list per hop), "hops", "timings"}
 """
+import contextlib
 import time
 from pathlib import Path
 
@@ -66,12 +67,16 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
                   max_new_tokens=48, history=(), kb_lock=None):
     """Yield the events above for one question (greedy decoding). kb_lock, when given, is held
     around every KB read, so a server can add documents while answers are generated."""
-    import contextlib
     question = check_question(question)
     if mode not in MODES:
         raise ChatError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if not (isinstance(k, int) and 1 <= k <= 16 and isinstance(max_hops, int) and 1 <= max_hops <= 5):
+        raise ChatError(f"k must be 1-16 and max_hops 1-5, got k={k!r}, max_hops={max_hops!r}")
     if mode != "closed_book" and kb is None:
         raise ChatError(f"mode {mode!r} needs a KB; build it with `dvc repro build_kb`")
+    if kb is not None and retriever != "hybrid" and retriever not in kb.retrievers:
+        raise ChatError(f"the KB has no {retriever!r} index (it has {', '.join(sorted(kb.retrievers))}); pass one of "
+                        "those, or rebuild the KB with it (kb.retrievers in params.yaml, then `dvc repro build_kb`)")
     lock = kb_lock or contextlib.nullcontext()
     t0 = time.perf_counter()
     with lock:
@@ -98,7 +103,7 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
     end = tokenizer.encode_special("<|assistant_end|>")
     engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops - 1 if tool else None)
     specials = tokenizer.special_ids
-    search_start = tokenizer.encode_special("<|search_start|>")
+    search_start, search_end = tokenizer.encode_special("<|search_start|>"), tokenizer.encode_special("<|search_end|>")
     toks, masks, answer_toks, sent = [], [], [], ""
     in_search, first_token_s, n_own = False, None, 0
     t1 = time.perf_counter()
@@ -116,7 +121,10 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
             first_token_s = time.perf_counter() - t0
         if tok == search_start:
             in_search = True
-        elif in_search and tok == tokenizer.encode_special("<|search_end|>"):
+        elif tool is not None and tok == search_end:
+            # The engine searched (even for a search_end with no start, whose query is the text
+            # since the last block). Text streamed before it was not the answer: a search event
+            # tells clients to drop it.
             in_search = False
             yield {"event": "search", "hop": len(sources), "query": engine.queries[0][-1]}
             yield {"event": "sources", "hop": len(sources), "sources": sources[-1]}

@@ -86,6 +86,9 @@ def chat(args, prompt=None):
                 if args.json:
                     continue
                 if ev["event"] == "search":
+                    if answer_open:  # text written before a search was not the answer
+                        print(" (searching instead)", file=out)
+                        answer_open = False
                     print(f"search {ev['hop']}: {ev['query']}", file=out)
                 elif ev["event"] == "sources":
                     _print_sources(ev, out)
@@ -134,7 +137,7 @@ def serve(args):
     model, tokenizer, kb, ckpt = load_from_args(args, kb_dir=live)
     print(f"nanochat serve: {ckpt}, KB {live} ({len(kb) if kb else 0} documents), http://{args.host}:{args.port}/",
           file=sys.stderr)
-    run(model, tokenizer, kb, host=args.host, port=args.port,
+    run(model, tokenizer, kb, host=args.host, port=args.port, checkpoint=ckpt,
         defaults={"mode": args.mode, "k": args.k, "retriever": args.retriever, "max_hops": args.max_hops,
                   "max_new_tokens": args.max_new_tokens})
     return 0

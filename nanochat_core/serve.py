@@ -15,6 +15,7 @@ added document is seen by the next search. Edits go through KnowledgeBase.add/re
 write the KB atomically: a crash mid-write leaves the old KB on disk.
 Bad requests get a 4xx with {"error": "..."} and never a traceback.
 """
+import asyncio
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from nanochat_core.inference import MODES
 
 log = logging.getLogger("nanochat.serve")
 MAX_DOC_CHARS = 20000      # a document the page adds (longer: chunk it, `nanochat kb add`)
+MAX_TITLE_CHARS = 500
 MAX_DOCS_PER_REQUEST = 100
 MAX_BODY_BYTES = 2_000_000
 
@@ -34,11 +36,12 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
     defaults = {"mode": "refrag", "k": 3, "retriever": "bm25", "max_hops": 3, "max_new_tokens": 48, **(defaults or {})}
     app = FastAPI(title="nanochat-rag", docs_url=None, redoc_url=None)
-    model_lock, kb_lock = threading.Lock(), threading.Lock()
+    model_lock, kb_lock = asyncio.Lock(), threading.Lock()
     page = (Path(__file__).with_name("chat_ui.html")).read_text()
 
     def error(status, msg):
@@ -56,7 +59,7 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
     @app.exception_handler(Exception)
     async def _crash(request, exc):  # a bug or a failed write: the traceback goes to the log, not the client
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error(500, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+        return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
     async def body(request):
         raw = await request.body()
@@ -103,19 +106,26 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
         if not (isinstance(history, list) and all(isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)
                                                   for t in history)):
             raise ChatError("history: must be a list of [question, answer] pairs of strings")
+        if any(len(x) > MAX_QUESTION_CHARS for t in history for x in t):
+            raise ChatError(f"history: each question and answer is limited to {MAX_QUESTION_CHARS} characters", 413)
         if mode != "closed_book" and kb is None:
             raise ChatError(f"mode {mode!r} needs a KB; this server was started without one")
 
-        def events():
-            with model_lock:
+        async def events():
+            # An asyncio lock: a request waiting for the model holds no worker thread, and each
+            # step of the answer runs in the thread pool, so the event loop stays free.
+            async with model_lock:
+                gen = answer_stream(model, tokenizer, question, mode=mode, kb=kb, k=k, retriever=defaults["retriever"],
+                                    max_hops=hops, max_new_tokens=defaults["max_new_tokens"], history=history[-4:],
+                                    kb_lock=kb_lock)
                 try:
-                    for ev in answer_stream(model, tokenizer, question, mode=mode, kb=kb, k=k,
-                                            retriever=defaults["retriever"], max_hops=hops,
-                                            max_new_tokens=defaults["max_new_tokens"], history=history[-4:],
-                                            kb_lock=kb_lock):
+                    while (ev := await run_in_threadpool(next, gen, None)) is not None:
                         yield json.dumps(ev) + "\n"
                 except Exception as e:  # the status line is sent: report it in the stream
+                    log.exception("chat failed for %r", question)
                     yield json.dumps({"event": "error", "error": f"{type(e).__name__}: {e}"}) + "\n"
+                finally:
+                    gen.close()
         return StreamingResponse(events(), media_type="application/x-ndjson")
 
     @app.get("/api/documents/{doc_id:path}")
@@ -141,26 +151,29 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
         for i, d in enumerate(docs):
             if not isinstance(d, dict) or not isinstance(d.get("text"), str) or not d["text"].strip():
                 raise ChatError(f"documents[{i}]: needs a non-empty 'text' string")
-            if len(d["text"]) > MAX_DOC_CHARS:
-                raise ChatError(f"documents[{i}]: text has {len(d['text'])} characters; the limit is {MAX_DOC_CHARS} "
-                                "(split it, or add it with `nanochat kb add` and chunking)", 413)
-            doc_id = d.get("id") or "user-" + hashlib.sha256((d.get("title", "") + "\n" + d["text"]).encode()).hexdigest()[:12]
-            rows.append({"id": doc_id, "title": d.get("title", ""), "text": d["text"], "source": "nanochat serve"})
-        with kb_lock:
-            try:
-                kb.add(rows)
-            except (DocumentError, ValueError) as e:
-                return error(409 if "already in KB" in str(e) else 400, str(e))
-            except BaseException:
-                # The write failed, so the KB on disk is the old one: make memory agree with it.
-                if all(r["id"] in kb.by_id for r in rows):
-                    kb.remove([r["id"] for r in rows], save=False)
-                raise
-            n = len(kb)
+            title, doc_id = d.get("title", ""), d.get("id")
+            if not isinstance(title, str) or (doc_id is not None and not (isinstance(doc_id, str) and doc_id.strip())):
+                raise ChatError(f"documents[{i}]: 'title' and 'id' must be strings (id may be left out)")
+            for field, limit in (("text", MAX_DOC_CHARS), ("title", MAX_TITLE_CHARS)):
+                if len(d.get(field, "")) > limit:
+                    raise ChatError(f"documents[{i}]: {field} has {len(d[field])} characters; the limit is {limit}"
+                                    + (" (split it, or add it with `nanochat kb add` and chunking)" if field == "text" else ""),
+                                    413)
+            doc_id = doc_id or "user-" + hashlib.sha256((title + "\n" + d["text"]).encode()).hexdigest()[:12]
+            rows.append({"id": doc_id, "title": title, "text": d["text"], "source": "nanochat serve"})
+
+        def add():  # re-indexing takes a while: in a worker thread, so streams go on meanwhile
+            with kb_lock:
+                kb.add(rows)  # atomic on disk; on failure memory is rolled back too (KnowledgeBase._reindex)
+                return len(kb)
+        try:
+            n = await run_in_threadpool(add)
+        except (DocumentError, ValueError) as e:
+            return error(409 if "already in KB" in str(e) else 400, str(e))
         return {"added": [r["id"] for r in rows], "documents": n}
 
     @app.delete("/api/documents/{doc_id:path}")
-    def remove_document(doc_id: str):
+    def remove_document(doc_id: str):  # a sync endpoint: FastAPI runs it in a worker thread
         with kb_lock:
             if kb is None or doc_id not in kb.by_id:
                 return error(404, f"no document {doc_id!r} in the KB")

@@ -78,6 +78,7 @@ def run_page(url, exe, question, new_doc, new_question, screenshot=None):
             page.click("#send")
             page.wait_for_selector(".turn:nth-child(1) .a[data-done]", timeout=120_000)
             seen["shown"] = page.evaluate("window.__shown")
+            seen["streamed"] = int(page.get_attribute(".turn:nth-child(1) .a", "data-streamed") or 0)
             seen["steps"] = page.inner_text(".turn:nth-child(1) .steps")
             seen["answer"] = page.inner_text(".turn:nth-child(1) .a")
             cite = page.query_selector(".turn:nth-child(1) .a a.cite")
@@ -134,8 +135,10 @@ def test_chat_page_in_a_real_browser(tmp_path):
     top = kb.search([f"Where was {person['title']} born?"], k=1, retriever="bm25")[0][0].doc_id
     assert "search 1: Where was" in seen["steps"] and kb.get(top)["title"] in seen["steps"]
     assert seen["answer"] == "Zed [1]"
-    partial = [s for s in seen["shown"] if s and "Zed [1]".startswith(s) and s != "Zed [1]"]
-    assert partial, f"the answer appeared whole, not streamed: {seen['shown']}"
+    # " Zed", " [", "1", "]": the page showed each token as it came ("Zed [" is never a piece of
+    # the finished answer's markup, which is "Zed " then a link)
+    assert seen["streamed"] == len(tok.encode(" Zed [1]"))
+    assert "Zed [" in seen["shown"], f"the answer appeared whole, not streamed: {seen['shown']}"
     assert seen["cite_title"] == kb.get(top)["title"] and kb.get(top)["text"] in seen["doc_shown"]
     assert seen["add_status"].startswith("added user-")
     assert seen["cite2_title"] == new["title"] and new["text"] in seen["doc2_shown"]

@@ -50,8 +50,14 @@ def _city(world, tok):
 def test_the_streamed_answer_is_evaluates_answer_token_for_token(setup, mode):
     world, kb, tok, qs = setup
     torch.manual_seed(0)
-    model = GPT(_config(tok)).eval()  # random weights: long, arbitrary answers, searches included
+    sp = tok.encode_special
+    # random weights (long, arbitrary answers) that open with a search and often close one, so
+    # refrag runs search several times, up to the hop limit
+    model = BiasedGPT(_config(tok), always={sp("<|search_end|>"): 4.0},
+                      after={sp("<|assistant_start|>"): sp("<|search_start|>")}).eval()
     want = answer_questions(model, tok, qs, mode, kb, k=3, max_hops=3, max_new_tokens=20)
+    if mode == "refrag":
+        assert sum(len(w["queries"]) == 3 for w in want) >= 3  # it searched, to the limit
     for w, q in zip(want, qs):
         events = list(chat.answer_stream(model, tok, q["question"], mode=mode, kb=kb, k=3, max_hops=3,
                                          max_new_tokens=20))
@@ -100,6 +106,21 @@ def test_a_citation_of_a_source_never_shown_resolves_to_nothing(setup):
     assert done["answer"] == "Zed" and done["citations"] == [{"n": 9, "id": None, "title": None, "hop": None}]
 
 
+def test_a_character_split_across_tokens_is_held_back_until_whole():
+    from nanochat_core.data.world import build_world
+    world = build_world(3, n_people=20, n_cities=4, n_countries=2, n_companies=4, n_universities=2)
+    docs = world.kb_documents()
+    tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=400)  # no merges for CJK bytes
+    kb = KnowledgeBase.build(docs, None, ["bm25"])
+    answer = " \u6771\u4eac[1]"  # two characters of three UTF-8 bytes each, one token per byte
+    assert len(tok.encode(answer)) >= 6
+    model = BiasedGPT(_config(tok), after=scripted(tok, answer)).eval()
+    events = list(chat.answer_stream(model, tok, "Where?", mode="rag", kb=kb))
+    pieces = [e["text"] for e in events if e["event"] == "token"]
+    assert all("\ufffd" not in p for p in pieces) and "".join(pieces) == answer.strip()
+    assert events[-1]["answer"] == "\u6771\u4eac"
+
+
 def test_bad_questions_are_refused_with_a_reason(setup):
     _, kb, tok, _ = setup
     model = GPT(_config(tok)).eval()
@@ -112,6 +133,10 @@ def test_bad_questions_are_refused_with_a_reason(setup):
         chat.answer(model, tok, "Who?", mode="rag", kb=None)
     with pytest.raises(chat.ChatError, match="unknown mode"):
         chat.answer(model, tok, "Who?", mode="oracle", kb=kb)
+    with pytest.raises(chat.ChatError, match="no 'dense' index .*it has bm25"):
+        chat.answer(model, tok, "Who?", mode="rag", kb=kb, retriever="dense")
+    with pytest.raises(chat.ChatError, match="k must be 1-16"):
+        chat.answer(model, tok, "Who?", mode="rag", kb=kb, k=0)
 
 
 # ------------------------------------------------------------------------------ the CLI

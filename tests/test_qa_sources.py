@@ -88,7 +88,8 @@ def test_the_split_is_by_paragraph_and_set_by_the_seed(tmp_path):
      "missing_field"),
     (lambda d: d["data"][0]["paragraphs"][0].pop("context"), r"data\[0\]\.paragraphs\[0\]: context", "missing_field"),
     (lambda d: d["data"].insert(1, "not an article"), r"data\[1\]: needs 'title'", "malformed_row"),
-    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(is_impossible="no"), r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: is_impossible must be", "malformed_row"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(is_impossible="no"),
+     r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: is_impossible must be", "malformed_row"),
 ])
 def test_a_bad_squad_row_is_named_or_skipped_and_counted(tmp_path, breakage, where, reason):
     bad = copy.deepcopy(SQUAD)
@@ -99,6 +100,20 @@ def test_a_bad_squad_row_is_named_or_skipped_and_counted(tmp_path, breakage, whe
     _, files, stats = load_qa_source(_spec("squad", path, on_error="skip"), seed=1)
     assert sum(stats["skipped"].values()) == 1 and reason in stats["skipped"]
     assert sum(len(q) for q in files.values()) >= 1
+
+
+def test_squad_ids_must_exist_and_be_unique(tmp_path):
+    bad = copy.deepcopy(SQUAD)
+    bad["data"][0]["paragraphs"][0]["qas"][0]["id"] = None
+    with pytest.raises(SourceError, match=r"qas\[0\]: id must be a non-empty string or number, got None"):
+        load_qa_source(_spec("squad", _write(tmp_path / "a.json", bad)), seed=1)
+    bad = copy.deepcopy(SQUAD)
+    bad["data"][1]["paragraphs"][0]["qas"][0]["id"] = "q1"
+    with pytest.raises(SourceError, match=r"data\[1\]\.paragraphs\[0\]\.qas\[0\]: duplicate question id 'squad-q1' "
+                                          r"\(first at .*data\[0\]\.paragraphs\[0\]\.qas\[0\]\)"):
+        load_qa_source(_spec("squad", _write(tmp_path / "b.json", bad)), seed=1)
+    _, files, stats = load_qa_source(_spec("squad", tmp_path / "b.json", on_error="skip"), seed=1)
+    assert stats["skipped"] == {"duplicate_id": 1} and sum(map(len, files.values())) == 3
 
 
 def test_squad_files_that_are_not_squad(tmp_path):
@@ -130,6 +145,22 @@ def test_hotpotqa_jsonl_two_supporting_paragraphs_are_the_hops(tmp_path):
     assert stats["skipped"] == {"blank_line": 1}
 
 
+def test_hotpotqa_questions_sharing_a_gold_paragraph_stay_in_one_split(tmp_path):
+    rows = []
+    for i in range(40):
+        r = _hotpot_row(i)
+        if i % 4 == 0:  # every fourth question shares its first gold paragraph with the next one
+            r["contexts"][0] = {**_hotpot_row(i + 1)["contexts"][0]}
+        rows.append(r)
+    path = tmp_path / "hotpot.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(5):
+        _, files, _ = load_qa_source(_spec("hotpotqa", path, val_fraction=0.2, test_fraction=0.3), seed=seed)
+        gold = {name: {d for q in qs for hop in q["gold_doc_ids"] for d in hop} for name, qs in files.items()}
+        assert not gold["train"] & gold["test"] and not gold["train"] & gold["val"] and not gold["val"] & gold["test"]
+        assert sum(map(len, files.values())) == 40
+
+
 def test_hotpotqa_bad_rows_name_the_line(tmp_path):
     path = tmp_path / "hotpot.jsonl"
     lines = [json.dumps(_hotpot_row(0)), "{oops", json.dumps(_hotpot_row(2, n_sup=1)),
@@ -144,6 +175,14 @@ def test_hotpotqa_bad_rows_name_the_line(tmp_path):
     path.write_text(lines[2] + "\n")
     with pytest.raises(SourceError, match=rf"{path}:1: needs exactly 2 supporting paragraphs, has 1"):
         load_qa_source(_spec("hotpotqa", path), seed=1)
+    row = _hotpot_row(0)
+    row["contexts"][2]["is_supporting"] = "yes"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SourceError, match=rf"{path}:1: contexts\[2\]\.is_supporting must be true or false"):
+        load_qa_source(_spec("hotpotqa", path), seed=1)
+    path.write_text(json.dumps({**_hotpot_row(0), "question_id": None}) + "\n")
+    with pytest.raises(SourceError, match=rf"{path}:1: question_id must be"):
+        load_qa_source(_spec("hotpotqa", path), seed=1)
 
 
 def test_hotpotqa_official_json_layout(tmp_path):
@@ -156,6 +195,9 @@ def test_hotpotqa_official_json_layout(tmp_path):
     (q,) = files["train"]
     assert [d["text"] for d in docs] == ["Firm was founded by Ann.", "Ann is from Town.", "Unrelated."]
     assert q["gold_doc_ids"] == [[docs[0]["id"]], [docs[1]["id"]]] and q["answers"] == ["Town"]
+    rows[0]["context"][0][1].append(None)
+    with pytest.raises(SourceError, match=r"\[0\]: context\[0\] must be \[title, \[sentences as strings\]\]"):
+        load_qa_source(_spec("hotpotqa", _write(tmp_path / "bad.json", rows)), seed=1)
 
 
 def test_prepare_puts_qa_paragraphs_in_the_kb_and_questions_beside_or_instead_of_the_worlds(tmp_path):

@@ -6,8 +6,8 @@ import csv
 import pytest
 
 from nanochat_core.data.world import ABSTAIN
-from nanochat_core.evaluation import HELD_OUT, aggregate, citation_scores, headline, heldout_rate, is_abstain, score
 from nanochat_core.eval_report import hallucination_plot, markdown_report
+from nanochat_core.evaluation import HELD_OUT, aggregate, citation_scores, headline, heldout_rate, is_abstain, score
 
 SINGLE = {"id": "s", "type": "single", "question": "Where was Ada Lovi born?", "answers": ["Palmora"],
           "gold_doc_ids": [["p1"]]}

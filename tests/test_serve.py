@@ -106,6 +106,10 @@ def test_an_added_document_is_searched_by_the_next_question_and_kept_on_disk(ser
     ("post", "/api/documents", {"documents": ["text"]}, 400, r"documents\[0\]"),
     ("post", "/api/documents", {"documents": [{"text": "y" * 20001}]}, 413, "limit is 20000"),
     ("post", "/api/documents", {"documents": [{"text": "z"}] * 101}, 413, "limit is 100"),
+    ("post", "/api/documents", {"documents": [{"text": "z", "title": None}]}, 400, "'title' and 'id' must be strings"),
+    ("post", "/api/documents", {"documents": [{"text": "z", "id": 5}]}, 400, "'title' and 'id' must be strings"),
+    ("post", "/api/documents", {"documents": [{"text": "z", "title": "t" * 501}]}, 413, "title has 501 characters"),
+    ("post", "/api/chat", {"question": "Who?", "history": [["q" * 2001, "a"]]}, 413, "history: each"),
     ("post", "/api/nothing-here", {}, 404, "Not Found"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_no_traceback(server, method, path, body, status, says):
@@ -131,7 +135,14 @@ def test_a_failed_kb_write_leaves_the_old_kb_on_disk(server, monkeypatch):
     assert [d["id"] for d in KnowledgeBase.load(kb_dir).docs] == [d["id"] for d in docs]
     assert client.get("/api/info").json()["documents"] == len(docs)  # memory agrees with the disk
     monkeypatch.undo()
-    assert client.post("/api/documents", json={"documents": [NEW]}).status_code == 200  # and it can be retried
+    r = client.post("/api/documents", json={"documents": [NEW]})
+    assert r.status_code == 200  # and it can be retried
+    new_id = r.json()["added"][0]
+    monkeypatch.setattr(kbmod, "write_documents", crash)
+    r = client.delete(f"/api/documents/{new_id}")  # a failed remove keeps the document, on disk and in memory
+    assert r.status_code == 500 and "Traceback" not in r.text
+    assert client.get(f"/api/documents/{new_id}").status_code == 200
+    assert new_id in {d["id"] for d in KnowledgeBase.load(kb_dir).docs}
 
 
 def test_twenty_parallel_questions_while_documents_are_added(world_tok, tmp_path):
@@ -144,7 +155,10 @@ def test_twenty_parallel_questions_while_documents_are_added(world_tok, tmp_path
     kb = KnowledgeBase.build(docs, tmp_path / "kb", ["bm25"])
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
                     block_pattern="TM", headdim=16, sequence_len=4096)
-    model = BiasedGPT(cfg, after=scripted(tok, " Zed [1]")).eval()
+    city = next(e.name for e in world.entities.values() if e.type == "city"
+                and len(set(tok.encode(" " + e.name))) == len(tok.encode(" " + e.name)))
+    # it searches once more before answering, so the search tool reads the KB while adds write it
+    model = BiasedGPT(cfg, after=scripted(tok, " Zed [1]", search=" " + city)).eval()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -187,6 +201,7 @@ def test_twenty_parallel_questions_while_documents_are_added(world_tok, tmp_path
     assert not errors, errors
     for i, evs in enumerate(results):
         assert evs and evs[-1]["event"] == "done" and evs[-1]["answer"] == "Zed", (i, evs and evs[-1])
+        assert evs[-1]["hops"] == 2 and evs[-1]["queries"][1] == city
     ids = {d["id"] for d in KnowledgeBase.load(tmp_path / "kb").docs}
     assert sorted(added) == sorted(f"new-{j}" for j in range(10)) and set(added) <= ids
     assert len(ids) == len(docs) + 10

@@ -1,7 +1,7 @@
 """QA datasets in their official formats, as `documents.sources` entries: their paragraphs go
 into the KB, their questions (with answers and gold documents) into data/qa, beside the
-synthetic world's, split into train/val/test by paragraph (SQuAD) or question (HotpotQA)
-with the documents seed, so no test question's paragraph is a train question's.
+synthetic world's, split into train/val/test with the documents seed, grouping questions that
+share a gold paragraph, so no test question's gold paragraph is a train question's.
 
     {type: squad,    path: .../dev-v2.0.json}                    SQuAD 1.1 / 2.0 JSON
     {type: hotpotqa, path: .../hotpot_dev_distractor_v1.json}    the official distractor JSON
@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 
 from nanochat_core.common import jsonl_rows
-from nanochat_core.data.sources import SourceError, _skip, _stats
+from nanochat_core.data.sources import SourceError, count_skip, new_stats
 from nanochat_core.data.world import ABSTAIN
 
 QA_SOURCE_TYPES = ("squad", "hotpotqa")
@@ -51,6 +51,12 @@ def _str(x, what, where):
     return x.strip()
 
 
+def _id(x, what, where):
+    if isinstance(x, bool) or not isinstance(x, (str, int)) or not str(x).strip():
+        raise _Bad("missing_field", f"{where}: {what} must be a non-empty string or number, got {x!r}")
+    return str(x).strip()
+
+
 def _read_json(path):
     try:
         return json.loads(Path(path).read_bytes().decode("utf-8"))
@@ -60,25 +66,31 @@ def _read_json(path):
         raise SourceError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
+def _unique(q, where, seen):
+    if q["id"] in seen:
+        raise _Bad("duplicate_id", f"{where}: duplicate question id {q['id']!r} (first at {seen[q['id']]})")
+    seen[q["id"]] = where
+
+
 def _policy(spec, stats):
     """What to do with a bad row: raise (the default), or skip it and count it by reason."""
     def bad(e):
         if spec["on_error"] == "raise":
             raise SourceError(f"{e} (on_error: skip in the source spec leaves such rows out, counted)") from None
-        _skip(stats, e.reason)
+        count_skip(stats, e.reason)
     return bad
 
 
 def load_squad(spec):
-    """-> (documents, [(paragraph id, question)], stats)"""
+    """-> (documents, questions, stats)"""
     path, name = Path(spec["path"]), spec.get("name") or "squad"
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise SourceError(f"{path}: not SQuAD JSON (expected {{\"version\", \"data\": [articles]}}); "
                           "use type hotpotqa or jsonl for other layouts")
-    stats = _stats(spec, path)
+    stats = new_stats(spec, path)
     bad = _policy(spec, stats)
-    docs, questions = {}, []
+    docs, questions, seen = {}, [], {}
     for i, art in enumerate(data["data"]):
         try:
             if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
@@ -100,7 +112,9 @@ def load_squad(spec):
             docs.setdefault(pid, _doc(pid, title, text, path))
             for n, qa in enumerate(par["qas"]):
                 try:
-                    questions.append((pid, _squad_question(name, qa, pid, title, f"{where}.qas[{n}]")))
+                    q = _squad_question(name, qa, pid, title, f"{where}.qas[{n}]")
+                    _unique(q, f"{where}.qas[{n}]", seen)
+                    questions.append(q)
                 except _Bad as e:
                     bad(e)
     stats["documents"], stats["files"] = len(docs), 1
@@ -112,7 +126,7 @@ def _squad_question(name, qa, pid, title, where):
     if not isinstance(qa, dict):
         raise _Bad("malformed_row", f"{where}: expected an object with 'id', 'question', 'answers'")
     question = _str(qa.get("question"), "question", where)
-    qid = _str(str(qa.get("id", "")), "id", where)
+    qid = _id(qa.get("id"), "id", where)
     impossible = qa.get("is_impossible", False)
     if not isinstance(impossible, bool):
         raise _Bad("malformed_row", f"{where}: is_impossible must be true or false, got {impossible!r}")
@@ -133,18 +147,18 @@ def _squad_question(name, qa, pid, title, where):
 
 
 def load_hotpotqa(spec):
-    """-> (documents, [(group, question)], stats). Official JSON (a list of {_id, question,
+    """-> (documents, questions, stats). Official JSON (a list of {_id, question,
     answer, supporting_facts, context}) or IRCoT's JSONL ({question_id, question_text,
     answers_objects, contexts: [{title, paragraph_text, is_supporting}]})."""
     path, name = Path(spec["path"]), spec.get("name") or "hotpotqa"
-    stats = _stats(spec, path)
+    stats = new_stats(spec, path)
     bad = _policy(spec, stats)
-    docs, questions = {}, []
+    docs, questions, seen = {}, [], {}
     if path.suffix.lower() == ".jsonl":
         rows = []
         for line_no, row, err in jsonl_rows(path):
             if err and err[0] == "blank_line":
-                _skip(stats, "blank_line")
+                count_skip(stats, "blank_line")
             elif err:
                 bad(_Bad(err[0], err[1]))
             else:
@@ -158,12 +172,13 @@ def load_hotpotqa(spec):
     for where, row, parse in rows:
         try:
             q, pars = parse(name, row, where)
+            _unique(q, where, seen)
         except _Bad as e:
             bad(e)
             continue
         for d in pars:  # only rows that pass every check add documents
             docs.setdefault(d["id"], _doc(d["id"], d["title"], d["text"], path))
-        questions.append((q["id"], q))
+        questions.append(q)
     stats["documents"], stats["files"] = len(docs), 1
     stats["chars"] = sum(len(d["text"]) for d in docs.values())
     return list(docs.values()), questions, stats
@@ -183,7 +198,7 @@ def _hotpot_question(name, qid, question, answer, paragraphs, where):
 
 def _hotpot_jsonl(name, row, where):
     question = _str(row.get("question_text"), "question_text", where)
-    qid = _str(str(row.get("question_id", "")), "question_id", where)
+    qid = _id(row.get("question_id"), "question_id", where)
     spans = [s for a in row.get("answers_objects") or [] if isinstance(a, dict) for s in a.get("spans") or []]
     answer = _str(spans[0] if spans else None, "answers_objects[0].spans[0]", where)
     ctx = row.get("contexts")
@@ -193,6 +208,9 @@ def _hotpot_jsonl(name, row, where):
     for n, c in enumerate(ctx):
         if not isinstance(c, dict):
             raise _Bad("malformed_row", f"{where}: contexts[{n}] must be an object")
+        if not isinstance(c.get("is_supporting", False), bool):
+            raise _Bad("malformed_row", f"{where}: contexts[{n}].is_supporting must be true or false, "
+                                        f"got {c['is_supporting']!r}")
         pars.append((_str(c.get("title"), f"contexts[{n}].title", where),
                      _str(c.get("paragraph_text"), f"contexts[{n}].paragraph_text", where), c.get("is_supporting") is True))
     return _hotpot_question(name, qid, question, answer, pars, where)
@@ -202,34 +220,49 @@ def _hotpot_json(name, row, where):
     if not isinstance(row, dict):
         raise _Bad("malformed_row", f"{where}: expected an object")
     question = _str(row.get("question"), "question", where)
-    qid = _str(str(row.get("_id", "")), "_id", where)
+    qid = _id(row.get("_id"), "_id", where)
     answer = _str(row.get("answer"), "answer", where)
     ctx, sup = row.get("context"), row.get("supporting_facts")
     if not isinstance(ctx, list) or not isinstance(sup, list):
         raise _Bad("missing_field", f"{where}: needs 'context' and 'supporting_facts' lists")
-    sup_titles = {s[0] for s in sup if isinstance(s, list) and s}
+    if not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) for f in sup):
+        raise _Bad("malformed_row", f"{where}: supporting_facts must be [title, sentence number] pairs")
+    sup_titles = {f[0] for f in sup}
     pars = []
     for n, c in enumerate(ctx):
-        if not (isinstance(c, list) and len(c) == 2 and isinstance(c[1], list)):
-            raise _Bad("malformed_row", f"{where}: context[{n}] must be [title, [sentences]]")
+        if not (isinstance(c, list) and len(c) == 2 and isinstance(c[1], list) and all(isinstance(x, str) for x in c[1])):
+            raise _Bad("malformed_row", f"{where}: context[{n}] must be [title, [sentences as strings]]")
         title = _str(c[0], f"context[{n}][0]", where)
-        pars.append((title, _str("".join(s for s in c[1] if isinstance(s, str)), f"context[{n}] text", where),
+        pars.append((title, _str("".join(c[1]), f"context[{n}] text", where),
                      title in sup_titles))
     return _hotpot_question(name, qid, question, answer, pars, where)
 
 
 def load_qa_source(spec, seed):
     """-> (documents, {"train","val","test": [questions]}, stats). Questions are grouped
-    (all questions on one paragraph, or one HotpotQA question) and the groups shuffled with
+    (all questions whose gold documents overlap, transitively) and the groups shuffled with
     `seed`: the first test_fraction of them are test, the next val_fraction val, the rest
     train. max_questions > 0 keeps the first groups until that many questions."""
     if not Path(spec["path"]).is_file():
         raise SourceError(f"{spec['path']}: no such file (a {spec['type']} source); check the path, which is "
                           "relative to the project root")
-    docs, pairs, stats = (load_squad if spec["type"] == "squad" else load_hotpotqa)(spec)
+    docs, questions, stats = (load_squad if spec["type"] == "squad" else load_hotpotqa)(spec)
+    # Questions sharing a gold document are one group (HotpotQA reuses popular paragraphs), so a
+    # test question's gold paragraph is never a train question's.
+    parent = {}
+
+    def root(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    for q in questions:
+        golds = [d for hop in q["gold_doc_ids"] for d in hop]
+        for d in golds[1:]:
+            parent[root(d)] = root(golds[0])
     groups = {}
-    for g, q in pairs:
-        groups.setdefault(g, []).append(q)
+    for q in questions:
+        groups.setdefault(root(q["gold_doc_ids"][0][0]), []).append(q)
     order = sorted(groups)
     random.Random(f"qa:{seed}:{spec.get('name') or spec['type']}").shuffle(order)
     if spec["max_questions"]:
@@ -239,7 +272,7 @@ def load_qa_source(spec, seed):
                 break
             kept.append(g)
             n += len(groups[g])
-        stats["skipped"]["over_max_questions"] = len(pairs) - n
+        stats["skipped"]["over_max_questions"] = len(questions) - n
         order = kept
     n_test, n_val = round(len(order) * spec["test_fraction"]), round(len(order) * spec["val_fraction"])
     split = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}

@@ -102,12 +102,12 @@ def validate_source_spec(spec, where="documents.sources[0]"):
     return out
 
 
-def _stats(spec, path=None):
+def new_stats(spec, path=None):
     return {"type": spec["type"], "name": spec.get("name"), "path": None if path is None else str(path),
             "files": 0, "documents": 0, "chars": 0, "skipped": {}}
 
 
-def _skip(stats, reason, n=1):
+def count_skip(stats, reason, n=1):
     stats["skipped"][reason] = stats["skipped"].get(reason, 0) + n
 
 
@@ -120,12 +120,12 @@ def python_docs(max_chars=300_000, name="python_docs"):
     """Python's installed documentation: the pydoc topics (language reference pages) and
     the docstrings of PYTHON_DOC_MODULES and their public classes and functions, taken
     alternately, until `max_chars` characters of text. Returns (docs, stats)."""
-    stats = _stats({"type": "python_docs", "name": name})
+    stats = new_stats({"type": "python_docs", "name": name})
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some minimal Python builds leave pydoc_data out
         topics = {}
-        _skip(stats, "pydoc_topics_unavailable")
+        count_skip(stats, "pydoc_topics_unavailable")
     topic_docs = [_doc(f"{name}:topic:{k}", k, topics[k].strip(), "python_docs", kind="topic")
                   for k in sorted(topics) if topics[k].strip()]
     api_docs = []
@@ -133,7 +133,7 @@ def python_docs(max_chars=300_000, name="python_docs"):
         try:
             mod = importlib.import_module(modname)
         except ImportError:
-            _skip(stats, "module_unavailable")
+            count_skip(stats, "module_unavailable")
             continue
         items = [(modname, mod)] + [(f"{modname}.{k}", v) for k, v in sorted(vars(mod).items())
                                     if not k.startswith("_")]
@@ -152,7 +152,7 @@ def python_docs(max_chars=300_000, name="python_docs"):
     interleaved = [d for pair in itertools.zip_longest(topic_docs, api_docs) for d in pair if d is not None]
     for i, d in enumerate(interleaved):
         if total + len(d["text"]) > max_chars:
-            _skip(stats, "over_max_chars", len(interleaved) - i)  # the budget is spent: stop here
+            count_skip(stats, "over_max_chars", len(interleaved) - i)  # the budget is spent: stop here
             break
         docs.append(d)
         total += len(d["text"])
@@ -188,7 +188,7 @@ def _one_file(spec, path, label, stats, kind):
     if not path.is_file():
         raise _missing(path, f"{kind} source") if not path.exists() else SourceError(
             f"{path}: is a directory; use a source of type dir for it")
-    return path, label or _label(spec, path), stats if stats is not None else _stats(spec, path)
+    return path, label or _label(spec, path), stats if stats is not None else new_stats(spec, path)
 
 
 def load_text(spec, path=None, label=None, rel=None, stats=None):
@@ -201,7 +201,7 @@ def load_text(spec, path=None, label=None, rel=None, stats=None):
     for i, part in enumerate(parts):
         part = part.strip()
         if not part:
-            _skip(stats, "empty_file" if len(parts) == 1 else "empty_paragraph")
+            count_skip(stats, "empty_file" if len(parts) == 1 else "empty_paragraph")
             continue
         doc_id = f"{label}:{key}" if len(parts) == 1 else f"{label}:{key}:{i}"
         docs.append(_doc(doc_id, path.stem if len(parts) == 1 else f"{path.stem} ({i + 1})", part, str(path)))
@@ -218,7 +218,7 @@ def load_jsonl(spec, path=None, label=None, rel=None, stats=None):
     for line_no, row, err in jsonl_rows(path):
         where = f"{path}:{line_no}"
         if err and err[0] == "blank_line":
-            _skip(stats, "blank_line")
+            count_skip(stats, "blank_line")
             continue
         if err:
             raise SourceError(err[1])
@@ -227,7 +227,7 @@ def load_jsonl(spec, path=None, label=None, rel=None, stats=None):
                               "set text_field in the source spec to the field that holds the text")
         text = row[tf]
         if text is None or (isinstance(text, str) and not text.strip()):
-            _skip(stats, "empty_text")
+            count_skip(stats, "empty_text")
             continue
         if not isinstance(text, str):
             raise SourceError(f"{where}: field {tf!r} must be a string, got {type(text).__name__}")
@@ -250,7 +250,7 @@ def load_parquet(spec, path=None, label=None, rel=None, stats=None):
     import pyarrow.parquet as pq
 
     path = Path(path or spec["path"])
-    stats = stats if stats is not None else _stats(spec, path)
+    stats = stats if stats is not None else new_stats(spec, path)
     if not path.exists():
         raise _missing(path, "parquet source")
     if path.is_dir():
@@ -281,7 +281,7 @@ def load_parquet(spec, path=None, label=None, rel=None, stats=None):
             text = data[tf][i]
             row += 1
             if text is None or (isinstance(text, str) and not text.strip()):
-                _skip(stats, "empty_text")
+                count_skip(stats, "empty_text")
                 continue
             if not isinstance(text, str):
                 raise SourceError(f"{path}: column {tf!r} must hold strings, row {row - 1} has {type(text).__name__}")
@@ -300,14 +300,14 @@ def load_dir(spec):
         raise _missing(path, "dir source")
     if not path.is_dir():
         raise SourceError(f"{path}: is not a directory; use a source of type text, jsonl or parquet for a file")
-    stats = _stats(spec, path)
+    stats = new_stats(spec, path)
     label = _label(spec, path)
     files = []
     for p in sorted(path.glob(spec.get("glob", "**/*"))):
         if not p.is_file():
             continue
         if any(part.startswith(".") for part in p.relative_to(path).parts):
-            _skip(stats, "hidden_file")  # .gitignore, editor swap files, ...
+            count_skip(stats, "hidden_file")  # .gitignore, editor swap files, ...
             continue
         files.append(p)
     if not files:

@@ -200,11 +200,20 @@ class KnowledgeBase:
         self._reindex([d for d in self.docs if d["id"] not in ids], save)
 
     def _reindex(self, docs, save):
-        for r in self.retrievers.values():
-            r.index(docs)
-        self.docs, self.by_id = docs, {d["id"]: d for d in docs}
-        if save and self.dir is not None:
-            self.save()
+        old = self.docs
+        try:
+            for r in self.retrievers.values():
+                r.index(docs)
+            self.docs, self.by_id = docs, {d["id"]: d for d in docs}
+            if save and self.dir is not None:
+                self.save()
+        except BaseException:
+            # A failed index or write leaves the KB on disk as it was; memory must agree with it,
+            # or a server would search documents that a restart loses.
+            for r in self.retrievers.values():
+                r.index(old)
+            self.docs, self.by_id = old, {d["id"]: d for d in old}
+            raise
 
     def info(self):
         out = {"dir": str(self.dir), "num_documents": len(self.docs),
