@@ -277,3 +277,17 @@ def test_the_trained_model_cites_a_source_for_a_held_out_person():
     a = json.loads(r.stdout)
     assert a["sources"] and a["sources"][0], a
     assert any(c["id"] for c in a["citations"]), a
+
+
+def test_serve_edits_a_live_copy_of_the_kb_never_the_pipelines(setup, files, monkeypatch):
+    import nanochat_core.serve as serve_mod
+    got = {}
+    monkeypatch.setattr(serve_mod, "run", lambda model, tok, kb, **kw: got.update(kb=kb, **kw))
+    assert cli.main(["serve", *_args(files), "--port", "8123"]) == 0
+    live = files / "kb_live"
+    assert got["kb"].dir == live and got["port"] == 8123 and got["host"] == "127.0.0.1"
+    assert got["checkpoint"] == files / "ckpt"
+    got["kb"].add([{"id": "mine", "text": "A document of my own."}])
+    assert cli.main(["serve", *_args(files)]) == 0  # a restart keeps what was added
+    assert "mine" in got["kb"].by_id
+    assert "mine" not in KnowledgeBase.load(files / "kb").by_id  # the pipeline's KB is untouched
