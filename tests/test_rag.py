@@ -166,8 +166,9 @@ def test_retrieved_drills_show_the_drill_kbs_top_k_and_answer_from_it():
 
 def test_trajectory_drills_search_for_names_they_can_copy():
     """REFRAG's drills: gold question-first trajectories over the drill world's KB. Every
-    follow-up search names something the model has just read (the question, or the last block), never a
-    real person, and the answer is in the last block: copying, not recall, solves them."""
+    follow-up search names something the model has read (the question, or a block), never a
+    real person, and the answer is in a block: copying, not recall, solves them. Every bridge is
+    searched for, even when its document is already on screen."""
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
     real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
@@ -184,14 +185,20 @@ def test_trajectory_drills_search_for_names_they_can_copy():
         seen = c[0]["content"]
         for m in c[1:-1]:
             if m["role"] == "search":
-                assert m["content"] in seen  # a name from the question or the last block
+                assert m["content"] in seen  # a name from the question or a block shown
             else:
-                seen = c[0]["content"] + " " + " ".join(d["title"] + " " + d["text"] for d in m["documents"])
+                seen += " " + " ".join(d["title"] + " " + d["text"] for d in m["documents"])
         answer, cites = parse_answer(c[-1]["content"])
-        shown = " ".join(d["text"] for m in c if m["role"] == "documents" for d in m["documents"])
-        assert answer in shown
-        # cited when the answer's document is in the last block (a hop already on screen is skipped)
-        assert bool(cites) == (answer in seen)
+        last = c[-2]["documents"]
+        assert answer in seen
+        # the citations number the last block, and each cited document holds the answer; an
+        # answer found in an earlier block (its hop was on screen before the search) cites nothing
+        assert all(answer in last[n - 1]["text"] for n in cites)
+        if not cites:
+            assert any(answer in d["text"] for m in c[1:-2] if m["role"] == "documents" for d in m["documents"])
+    # every bridge searched: a 2-hop chain whose subject hop 1 shows makes exactly one search
+    hops = [len([m for m in c if m["role"] == "search"]) for c in convs]
+    assert max(hops) == p["max_hops"] - 1 and min(hops) >= 1
     assert stages.refrag_conversations({**p, "drills": 0}, [], kb) == []
 
 
