@@ -60,6 +60,8 @@ def _print_sources(ev, out):
 def chat(args, prompt=None):
     from nanochat_core.chat import ChatError, answer_stream
     prompt = prompt if prompt is not None else args.prompt
+    if getattr(args, "history", 0) < 0:
+        raise ValueError(f"--history must be >= 0 (earlier turns to keep), got {args.history}")
     model, tokenizer, kb, ckpt = load_from_args(args)
     out = sys.stdout
     interactive = prompt is None
@@ -126,8 +128,7 @@ def serve(args):
 
     from nanochat_core import chat
     from nanochat_core.serve import run
-    _, _, default_kb = chat.default_paths() if not args.kb else (None, None, Path(args.kb))
-    base = Path(args.kb) if args.kb else default_kb
+    base = Path(args.kb) if args.kb else chat.default_paths()[2]
     live = Path(args.live_kb) if args.live_kb else base.with_name(base.name + "_live")
     if args.mode != "closed_book" and not (live / "manifest.json").is_file():
         if not (base / "manifest.json").is_file():

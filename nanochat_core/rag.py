@@ -191,7 +191,8 @@ def trajectory_conversation(qa, kb, k, retriever, max_hops=3):
     """A gold REFRAG trajectory, question first: hop 1 is the question's own top-k (exactly
     what single-shot RAG shows); then one follow-up search per bridge entity (the name the
     previous hop's document gives), each block holding only documents not shown yet; then the
-    answer, cited in the last block. A multi-hop question searches for every bridge even when
+    answer, citing its document when that is in the last block (citations number the last
+    block; an answer read from an earlier block cites nothing). A multi-hop question searches for every bridge even when
     its document is already on screen, so "a composed question: search for the bridge" is the
     rule to learn (measured on val: skipping such hops taught the model not to search on 42% of
     2-hop questions, mostly wrongly). When the question's top-k misses the subject's document,
