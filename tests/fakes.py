@@ -1,7 +1,33 @@
 """Test doubles shared by several test files (pytest puts tests/ on sys.path)."""
 import torch
 
-from nanochat_core.model import GPT
+from nanochat_core.model import GPT, GPTConfig
+
+
+def tiny_config(tok):
+    """A 2-layer T+M GPT, long enough for multi-hop trajectories."""
+    return GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
+                     block_pattern="TM", headdim=16, sequence_len=4096)
+
+
+def tiny_world(seed, n_single, n_2hop):
+    """(world, bm25 KB, tokenizer, val + test questions) of a small seeded world."""
+    from nanochat_core.data.questions import make_questions
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.tokenizer import Tokenizer
+    world = build_world(seed, n_people=40, n_cities=6, n_countries=2, n_companies=6, n_universities=3)
+    docs = world.kb_documents()
+    kb = KnowledgeBase.build(docs, None, ["bm25"])
+    tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=600)
+    qa = make_questions(world, seed, {}, {"single": n_single, "2hop": n_2hop})[0]
+    return world, kb, tok, qa["val"] + qa["test"]
+
+
+def distinct_city(world, tok):
+    """A city whose name's tokens are all distinct, so a scripted model can write it."""
+    return next(e.name for e in world.entities.values() if e.type == "city"
+                and len(set(tok.encode(" " + e.name))) == len(tok.encode(" " + e.name)))
 
 
 class BiasedGPT(GPT):

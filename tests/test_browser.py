@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import BiasedGPT, scripted
+from fakes import BiasedGPT, scripted, tiny_config
 
-from nanochat_core.model import GPTConfig
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.serve import create_app
 
@@ -126,8 +125,7 @@ def test_chat_page_in_a_real_browser(tmp_path):
     new = {"title": "Quorvex Tamblin", "text": "Quorvex Tamblin was born in Zanzibarre and builds clocks."}
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3 + [new["text"]] * 3), vocab_size=600)
     kb = KnowledgeBase.build(docs, tmp_path / "kb", ["bm25"])
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
-                    block_pattern="TM", headdim=16, sequence_len=4096)
+    cfg = tiny_config(tok)
     torch.manual_seed(0)
     model = BiasedGPT(cfg, after=scripted(tok, " Zed [1]")).eval()
     srv, th, url = _serve(create_app(model, tok, kb, {"mode": "rag"}))

@@ -13,14 +13,13 @@ import time
 
 import pytest
 import torch
-from fakes import BiasedGPT, scripted
+from fakes import BiasedGPT, distinct_city, scripted, tiny_config, tiny_world
 
 from nanochat_core import chat, cli
 from nanochat_core.checkpoint import save_checkpoint
-from nanochat_core.data.questions import make_questions
 from nanochat_core.data.world import build_world
 from nanochat_core.inference import answer_questions
-from nanochat_core.model import GPT, GPTConfig
+from nanochat_core.model import GPT
 from nanochat_core.rag import retrieve
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.tokenizer import Tokenizer
@@ -28,22 +27,10 @@ from nanochat_core.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def setup():
-    world = build_world(3, n_people=40, n_cities=6, n_countries=2, n_companies=6, n_universities=3)
-    docs = world.kb_documents()
-    kb = KnowledgeBase.build(docs, None, ["bm25"])
-    tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=600)
-    qa = make_questions(world, 3, {}, {"single": 5, "2hop": 5})[0]
-    return world, kb, tok, qa["val"] + qa["test"]
+    return tiny_world(3, 5, 5)
 
 
-def _config(tok):
-    return GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
-                     block_pattern="TM", headdim=16, sequence_len=4096)
-
-
-def _city(world, tok):
-    return next(e.name for e in world.entities.values() if e.type == "city"
-                and len(set(tok.encode(" " + e.name))) == len(tok.encode(" " + e.name)))
+_config, _city = tiny_config, distinct_city
 
 
 @pytest.mark.parametrize("mode", ["closed_book", "rag", "refrag"])
@@ -107,7 +94,6 @@ def test_a_citation_of_a_source_never_shown_resolves_to_nothing(setup):
 
 
 def test_a_character_split_across_tokens_is_held_back_until_whole():
-    from nanochat_core.data.world import build_world
     world = build_world(3, n_people=20, n_cities=4, n_countries=2, n_companies=4, n_universities=2)
     docs = world.kb_documents()
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=400)  # no merges for CJK bytes

@@ -3,30 +3,18 @@ hold only documents not shown yet, the hop limit forces an answer, and a model t
 at once produces single-shot RAG's answer token for token."""
 import pytest
 import torch
-from fakes import BiasedGPT
+from fakes import BiasedGPT, distinct_city, tiny_config, tiny_world
 
-from nanochat_core.data.questions import make_questions
-from nanochat_core.data.world import build_world
 from nanochat_core.inference import answer_questions
-from nanochat_core.model import GPTConfig
 from nanochat_core.rag import retrieve
-from nanochat_core.retrieval import KnowledgeBase
-from nanochat_core.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
 def setup():
-    world = build_world(2, n_people=40, n_cities=6, n_countries=2, n_companies=6, n_universities=3)
-    docs = world.kb_documents()
-    kb = KnowledgeBase.build(docs, None, ["bm25"])
-    tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=600)
-    qa = make_questions(world, 2, {}, {"single": 6, "2hop": 6})[0]
-    return world, kb, tok, qa["val"] + qa["test"]
+    return tiny_world(2, 6, 6)
 
 
-def _config(tok):
-    return GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
-                     block_pattern="TM", headdim=16, sequence_len=4096)
+_config = tiny_config
 
 
 def test_answering_at_once_is_single_shot_rag_token_for_token(setup):
@@ -45,8 +33,7 @@ def test_follow_ups_show_only_new_documents_and_the_limit_forces_an_answer(setup
     world, kb, tok, qs = setup
     sp = tok.encode_special
     # a query of distinct tokens that names a city (so its search finds documents)
-    query = next(" " + e.name for e in world.entities.values() if e.type == "city"
-                 and len(set(tok.encode(" " + e.name))) == len(tok.encode(" " + e.name)))
+    query = " " + distinct_city(world, tok)
     q_ids = tok.encode(query)
     chain = [sp("<|search_start|>")] + q_ids + [sp("<|search_end|>")]
     after = {a: b for a, b in zip(chain, chain[1:])}

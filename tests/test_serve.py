@@ -7,11 +7,10 @@ import threading
 
 import pytest
 import torch
-from fakes import BiasedGPT, scripted
+from fakes import BiasedGPT, distinct_city, scripted, tiny_config
 from fastapi.testclient import TestClient
 
 from nanochat_core.data.world import build_world
-from nanochat_core.model import GPTConfig
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.serve import create_app
 from nanochat_core.tokenizer import Tokenizer
@@ -31,8 +30,7 @@ def world_tok():
 def server(world_tok, tmp_path):
     world, docs, tok = world_tok
     kb = KnowledgeBase.build(docs, tmp_path / "kb", ["bm25"])
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
-                    block_pattern="TM", headdim=16, sequence_len=4096)
+    cfg = tiny_config(tok)
     torch.manual_seed(0)
     model = BiasedGPT(cfg, after=scripted(tok, " Zed [1]")).eval()  # answers "Zed", citing [1]
     app = create_app(model, tok, kb, defaults={"mode": "rag"}, checkpoint="ckpt")
@@ -153,10 +151,8 @@ def test_twenty_parallel_questions_while_documents_are_added(world_tok, tmp_path
     import uvicorn
     world, docs, tok = world_tok
     kb = KnowledgeBase.build(docs, tmp_path / "kb", ["bm25"])
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
-                    block_pattern="TM", headdim=16, sequence_len=4096)
-    city = next(e.name for e in world.entities.values() if e.type == "city"
-                and len(set(tok.encode(" " + e.name))) == len(tok.encode(" " + e.name)))
+    cfg = tiny_config(tok)
+    city = distinct_city(world, tok)
     # it searches once more before answering, so the search tool reads the KB while adds write it
     model = BiasedGPT(cfg, after=scripted(tok, " Zed [1]", search=" " + city)).eval()
     with socket.socket() as s:
