@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 from flows.tracking import StageRun
 from nanochat_core import dvcfile
 from nanochat_core.params import load_params
+from steps import torchrun
 
 
 def _step(stage):
@@ -34,7 +35,9 @@ def load_task(stage, params, paths):
 
 
 @task(name="run", cache_policy=NO_CACHE)
-def run_task(stage, inputs, params, paths, log, ctx):
+def run_task(stage, inputs, params, paths, log, ctx, params_path="params.yaml"):
+    if stage in torchrun.DISTRIBUTED_STAGES and torchrun.world_size(params) > 1:
+        return torchrun.launch(stage, params, params_path, paths, log, ctx)  # every rank loads its own inputs
     return _step(stage).run(inputs, params, paths, log, ctx)
 
 
@@ -54,7 +57,7 @@ def stage_flow(stage: str, paths: dict[str, str] | None = None, params_path: str
     with StageRun(stage, params, paths, prefect_flow_run_id=runtime.flow_run.id) as tracking:
         # quote(): Prefect would otherwise walk these (possibly huge) objects looking for futures.
         inputs = load_task(stage, params, paths)
-        result = run_task(stage, quote(inputs), params, paths, tracking.log, tracking.context())
+        result = run_task(stage, quote(inputs), params, paths, tracking.log, tracking.context(), params_path)
         saved = save_task(stage, quote(result), params, paths)
         tracking.finish(saved)
     return {"stage": stage, "mlflow_run_id": tracking.run_id, "metrics": saved["metrics"]}

@@ -71,6 +71,7 @@ DEFAULTS = {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
         "retriever": "bm25", "modes": list(MODES), "checkpoints": list(CHECKPOINTS), "device": "auto",
     },
+    "distributed": {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500},
     "tracking": {"experiment": "nanochat-rag", "tracking_uri": "sqlite:///mlflow.db", "register_models": True,
                  "log_model_weights": False},
 }
@@ -138,6 +139,9 @@ _RULES = {
     "model.softcap": _ge(0),
     "model.dt_rank": ((lambda v: v == "auto" or (isinstance(v, int) and v >= 1)), "'auto' or an integer >= 1"),
     "tracking.experiment": ((lambda v: bool(v)), "a non-empty name"),
+    "distributed.nproc_per_node": _ge(1), "distributed.nnodes": _ge(1), "distributed.node_rank": _ge(0),
+    "distributed.master_addr": ((lambda v: bool(v)), "the host name or address of node 0"),
+    "distributed.master_port": ((lambda v: 1 <= v <= 65535), "a TCP port in [1, 65535]"),
 }
 # Keys whose value may take more than one type (the default's type is the first).
 _TYPES = {"model.dt_rank": (str, int)}
@@ -277,6 +281,10 @@ def validate_params(params, source="params.yaml"):
         if r != "hybrid" and r not in built:
             raise ParamsError(f"{source}: {s}.retriever is {r}, but the KB is built with kb.retrievers {built}; "
                               f"add {r} to kb.retrievers or pick one of {built}")
+    d = out["distributed"]
+    if d["node_rank"] >= d["nnodes"]:
+        raise ParamsError(f"{source}: distributed.node_rank must be < distributed.nnodes ({d['nnodes']}), got "
+                          f"{d['node_rank']}; number the machines 0 to nnodes - 1")
     _check_model(out["model"], source)
     return out
 

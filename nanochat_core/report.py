@@ -44,12 +44,15 @@ def rl_plot(history, csv_path, png_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    write_csv(csv_path, history, ["step", "reward", "reward_em", "val_em"])
+    write_csv(csv_path, history, ["step", "reward", "reward_em", "val_em", "val_em_2hop"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     tr = [h for h in history if "reward" in h]
     ax.plot([h["step"] for h in tr], [h["reward"] for h in tr], lw=1, label="reward (train rollouts)")
     ev = [h for h in history if "val_em" in h]
     ax.plot([h["step"] for h in ev], [h["val_em"] for h in ev], "o-", label="val REFRAG EM")
+    ev2 = [h for h in ev if "val_em_2hop" in h]
+    if ev2:
+        ax.plot([h["step"] for h in ev2], [h["val_em_2hop"] for h in ev2], "s--", label="val REFRAG EM, 2-hop")
     ax.set_xlabel("RL step")
     ax.legend()
     ax.set_title("refrag_finetune: RL")

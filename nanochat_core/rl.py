@@ -17,6 +17,7 @@ import random
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nanochat_core.checkpoint import clear_checkpoints, load_checkpoint, save_checkpoint
@@ -53,13 +54,19 @@ def reward(q, r, w):
             "bad_query": float(bad_query)}
 
 
+def _all_sum(t):
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
 def group_advantages(rewards, group_size):
     """reward - its group's mean, groups being consecutive runs of group_size rollouts."""
     r = torch.tensor(rewards, dtype=torch.float32).view(-1, group_size)
     return (r - r.mean(dim=1, keepdim=True)).view(-1)
 
 
-def policy_loss(model, rows, advantages, pad_id):
+def policy_loss(model, rows, advantages, pad_id, n_tokens=None):
     """REINFORCE loss over `rows` (prompt + tokens + masks each): -sum(advantage x log-prob)
     over the sampled tokens, / their count. Also returns the mean entropy of the policy at
     those tokens (a health metric, no gradient)."""
@@ -71,7 +78,7 @@ def policy_loss(model, rows, advantages, pad_id):
     logp = F.log_softmax(logits[keep].float(), dim=-1)  # (N, V) at the sampled tokens only
     tok_logp = logp.gather(1, y[keep][:, None])[:, 0]  # (N,)
     adv = advantages.to(device)[:, None].expand_as(y)[keep]  # each token gets its rollout's advantage
-    n = max(int(keep.sum()), 1)
+    n = max(int(keep.sum()) if n_tokens is None else n_tokens, 1)  # n_tokens: all ranks' count under torchrun
     loss = -(adv * tok_logp).sum() / n
     with torch.no_grad():
         entropy = float(-(logp.exp() * logp).sum(-1).mean()) if keep.any() else 0.0
@@ -79,12 +86,38 @@ def policy_loss(model, rows, advantages, pad_id):
 
 
 def val_em(model, tokenizer, questions, kb, p):
-    """Greedy REFRAG EM on `questions` (the val split): the checkpoint selector."""
+    """Greedy REFRAG EM on `questions` (the val split), overall (the checkpoint selector) and
+    per question type: {"all": em, "2hop": em, ...}."""
+    rank, world = _rank_world()
+    mine = questions[rank::world]  # under torchrun each rank answers its share
     model.eval()
-    preds = answer_questions(model, tokenizer, questions, "refrag", kb, p["k"], p["retriever"], p["max_hops"],
+    preds = answer_questions(model, tokenizer, mine, "refrag", kb, p["k"], p["retriever"], p["max_hops"],
                              p["max_new_tokens"], batch_size=32)
     model.train()
-    return sum(exact_match(pr["prediction"], q["answers"]) for q, pr in zip(questions, preds)) / max(len(questions), 1)
+    pairs = _gather([(q["type"], exact_match(pr["prediction"], q["answers"])) for q, pr in zip(mine, preds)])
+    hits = {}
+    for t, hit in pairs:
+        hits.setdefault(t, []).append(hit)
+    out = {t: sum(h) / len(h) for t, h in sorted(hits.items())}
+    out["all"] = sum(map(sum, hits.values())) / max(len(questions), 1)
+    return out
+
+
+def _rank_world():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _gather(items):
+    """Every rank's list, concatenated in rank order (the list itself in one process)."""
+    if not dist.is_initialized():
+        return items
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def _fmt(v):
+    return f"{v['all']:.3f} (" + ", ".join(f"{t} {x:.2f}" for t, x in v.items() if t != "all") + ")"
 
 
 def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None, device="cpu"):
@@ -105,20 +138,32 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     pad = tokenizer.get_bos_token_id()
     G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
     history = []
-    clear_checkpoints(out_dir)  # RL does not resume: a rerun starts again from the warm-up
-    best = (val_em(model, tokenizer, val_qs, kb, rp), 0)
-    save_checkpoint(out_dir, 0, model.state_dict(), {**meta, "step": 0, "rl_best_step": 0, "val_em": best[0]}, None,
-                    keep_last=1)
-    history.append({"step": 0, "val_em": best[0]})
-    print0(f"[rl] step 0 (the warm-up): val REFRAG EM {best[0]:.3f} on {len(val_qs)} val questions")
+    rank, world = _rank_world()
+
+    def save(step, val):  # rank 0 writes; no rank reads the directory before it is written
+        if rank == 0:
+            save_checkpoint(out_dir, step, model.state_dict(), {**meta, "step": step, "rl_best_step": step,
+                                                                "val_em": val}, None, keep_last=1)
+        if world > 1:
+            dist.barrier()
+    if rank == 0:
+        clear_checkpoints(out_dir)  # RL does not resume: a rerun starts again from the warm-up
+    v = val_em(model, tokenizer, val_qs, kb, rp)
+    best = (v["all"], 0)
+    save(0, best[0])
+    history.append({"step": 0, **{("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()}})
+    if rank == 0:
+        log({("rl_val_em" if t == "all" else f"rl_val_em_{t}"): x for t, x in v.items()}, 0)
+    print0(f"[rl] step 0 (the warm-up): val REFRAG EM {_fmt(v)} on {len(val_qs)} val questions")
     t0 = time.time()
     model.train()
     for step in range(1, total + 1):
-        qs = [train_qs[rng.randrange(len(train_qs))] for _ in range(Q)]
-        batch = [q for q in qs for _ in range(G)]
+        qs = [train_qs[rng.randrange(len(train_qs))] for _ in range(Q)]  # the same draws on every rank
+        batch = [q for q in qs[rank::world] for _ in range(G)]  # whole groups: each rank its own questions
         model.eval()
         rows = refrag_rollouts(model, tokenizer, batch, kb, p["k"], p["retriever"], p["max_hops"],
-                               p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=p["rl_seed"] * 100_003 + step)
+                               p["rl_max_new_tokens"], temperature=p["rl_temperature"],
+                               seed=p["rl_seed"] * 100_003 + step + 7919 * rank) if batch else []
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)
@@ -126,31 +171,43 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         for o in opts:
             for g in o.param_groups:
                 g["lr"] = g["initial_lr"] * mult
-        loss, entropy = policy_loss(model, rows, adv, pad)
-        loss.backward()
+        n_tokens = sum(sum(r["masks"]) for r in rows)
+        if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
+            n_tokens = int(_all_sum(torch.tensor([float(n_tokens)])))
+        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens if world > 1 else None) if rows else (None, 0.0)
+        if loss is not None:
+            loss.backward()
+        if world > 1:
+            for prm in model.parameters():
+                if prm.grad is None:
+                    prm.grad = torch.zeros_like(prm)
+                dist.all_reduce(prm.grad)
         for o in opts:
             o.step()
         model.zero_grad(set_to_none=True)
+        parts, rows_info = _gather(parts), _gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
-        rec = {"step": step, "loss": loss.item(), "reward": float(R.mean()), "entropy": entropy, "lr_mult": mult,
+        rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
+               "reward": float(R.mean()), "entropy": sum(_gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
                   for k in ("em", "citation", "unsupported", "format", "bad_query")},
-               "searches_per_rollout": sum(len(r["queries"]) - 1 for r in rows) / len(rows),
+               "searches_per_rollout": sum(s for s, _ in rows_info) / len(rows_info),
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
-               "answer_tokens": sum(len(tokenizer.encode(r["raw"])) for r in rows) / len(rows)}
+               "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}
         if step % p["rl_eval_every"] == 0 or step == total:
-            rec["val_em"] = val_em(model, tokenizer, val_qs, kb, rp)
+            v = val_em(model, tokenizer, val_qs, kb, rp)
+            rec.update({("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()})
             if rec["val_em"] > best[0]:
                 best = (rec["val_em"], step)
-                save_checkpoint(out_dir, step, model.state_dict(),
-                                {**meta, "step": step, "rl_best_step": step, "val_em": rec["val_em"]}, None, keep_last=1)
+                save(step, rec["val_em"])
         history.append(rec)
-        log({f"rl_{k}": v for k, v in rec.items() if k != "step"}, step)
+        if rank == 0:
+                log({f"rl_{k}": v for k, v in rec.items() if k != "step"}, step)
         if step % p["log_every"] == 0 or "val_em" in rec:
             el = time.time() - t0
             print0(f"[rl] step {step}/{total} | reward {rec['reward']:.3f} | em {rec['reward_em']:.3f} | "
                    f"searches {rec['searches_per_rollout']:.2f} | flat groups {rec['flat_groups']:.2f}"
-                   + (f" | val EM {rec['val_em']:.3f} (best {best[0]:.3f} at {best[1]})" if "val_em" in rec else "")
+                   + (f" | val EM {_fmt(v)} (best {best[0]:.3f} at {best[1]})" if "val_em" in rec else "")
                    + f" | ETA {el / step * (total - step):.0f}s")
     state, _, _ = load_checkpoint(out_dir)  # the kept step: the best by val EM
     model.load_state_dict(state)

@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from nanochat_core import rag
 from nanochat_core.checkpoint import checkpoint_hash, load_model
@@ -96,7 +97,8 @@ def pretrain(params, corpus_dir, out_dir, tokenizer_dir, run=None, log=None):
     texts = [r["text"] for r in records]
     rng = random.Random(p["seed"])
     tok = Tokenizer.train(iter(tokenizer_texts(records, tp["max_chars"])), tp["vocab_size"])
-    tok.save(Path(tokenizer_dir) / "tokenizer.json")
+    if not dist.is_initialized() or dist.get_rank() == 0:  # every rank trains the same tokenizer; one writes it
+        tok.save(Path(tokenizer_dir) / "tokenizer.json")
     cfg = GPTConfig.from_dict(params["model"])
     if tok.get_vocab_size() > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size is {cfg.vocab_size}; "

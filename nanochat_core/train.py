@@ -45,9 +45,19 @@ def setup_distributed():
 
 
 def resolve_device(name):
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    """params' device (auto | cpu | cuda | mps) -> a torch device string, said once in the log.
+    auto is cuda when there is a GPU, else cpu. Under torchrun each rank takes its local GPU."""
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if name in (None, "auto") else name
+    if dev == "cuda" and dist.is_initialized():
+        dev = f"cuda:{dist.get_node_local_rank(fallback_rank=0)}"
+    if _said.get(name) != dev:
+        _said[name] = dev
+        print0(f"device: {name} -> {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.startswith("cuda") else
+                                             f" ({torch.get_num_threads()} threads)" if dev == "cpu" else ""))
+    return dev
+
+
+_said = {}
 
 
 class TokenStream:
@@ -174,8 +184,12 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     Resumes from the latest checkpoint in ckpt_dir if there is one. The loss history rides in
     every checkpoint, so a resumed or already-complete run reports the whole run.
     Returns a summary dict (final_loss, steps, tokens, seconds, resumed_from, history)."""
-    rank, world, _ = setup_distributed()
+    rank, world, local_device = setup_distributed()
+    device = torch.device(device)
+    if world > 1 and device.type == "cuda":  # each rank trains on its own GPU
+        device = local_device
     log = log or (lambda metrics, step: None)
+    meta = {**meta, "world_size": world}
     total = cfg["steps"]
     model.to(device)
     opts = model.setup_optimizers(cfg["matrix_lr"], cfg["embedding_lr"], cfg["unembedding_lr"], cfg["scalar_lr"],
@@ -184,13 +198,17 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     last = latest_step(ckpt_dir)
     if last is not None:
         state, old_meta, optim_state = load_checkpoint(ckpt_dir, last, map_location=device, load_optim=True)
-        if old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key"):
-            # Other params or another parent: under DVC this is an ordinary rerun, not a resume.
+        if (old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key")
+                or old_meta.get("world_size", 1) != world):
+            # Other params, another parent or another number of ranks (each draws its own
+            # batches): under DVC this is an ordinary rerun, not a resume.
             if rank == 0:
                 print0(f"[{name}] {ckpt_dir} holds step {last} of a different run (params or parent changed); "
                        "starting from step 0")
                 clear_checkpoints(ckpt_dir)
             last = None
+    if world > 1:  # every rank has read (and rank 0 maybe cleared) ckpt_dir before anyone writes to it
+        dist.barrier()
     if last is not None:
         model.load_state_dict(state)
         if optim_state is not None:
@@ -204,10 +222,12 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def checkpoint(step):
-        if rank == 0:
+        if rank == 0:  # the weights and optimizer states are the same on every rank
             optim_state = {f"opt{i}": o.state_dict() for i, o in enumerate(opts)}
             save_checkpoint(ckpt_dir, step, model.state_dict(), {**meta, "step": step, "history": history}, optim_state,
                             keep_last=cfg["keep_last"])
+        if world > 1:  # no rank runs ahead of a checkpoint that is still being written
+            dist.barrier()
 
     t0 = time.time()
     tokens_seen = 0
@@ -226,6 +246,10 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
             loss.backward()
             loss_sum += loss.item()
             tokens_seen += x.numel() * world
+        if world > 1:  # every rank reports the mean over all ranks' micro-batches, as one process would
+            t = torch.tensor([loss_sum], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            loss_sum = float(t) / world
         for o in opts:
             o.step()
         model.zero_grad(set_to_none=True)
@@ -250,4 +274,4 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         print0(f"[{name}] already trained to step {total} in {ckpt_dir}")
     final_loss = history[-1]["loss"] if history else float("nan")
     return {"final_loss": final_loss, "steps": total, "tokens": tokens_seen, "seconds": time.time() - t0,
-            "resumed_from": resumed_from, "history": history}
+            "resumed_from": resumed_from, "world_size": world, "history": history}

@@ -307,6 +307,28 @@ def micro_params(dst):
     Path(dst).write_text(yaml.safe_dump(p, sort_keys=False))
 
 
+def _assert_lineage_reaches_the_documents(client, runs, root):
+    """Following parent links from the REFRAG run reaches the run that wrote
+    data/documents.jsonl, whose recorded hash is the file's."""
+    chain, run = [], runs["refrag_finetune"]
+    while True:
+        chain.append(run.data.tags["nanochat.stage"])
+        parents = [client.get_run(i) for i in run.data.tags["nanochat.parent_run_ids"].split(",") if i]
+        if not parents:
+            break
+        # follow the model's line: the nearest parent that trained a checkpoint (the tokenizer's
+        # stage, pretrain, is a parent of every training stage too)
+        trained = [p for p in parents if p.data.tags.get("nanochat.checkpoint_hash")]
+        run = max(trained or parents, key=lambda p: STAGES.index(p.data.tags["nanochat.stage"]))
+        if chain[-1] == "pretrain":
+            run = next(p for p in parents if p.data.tags["nanochat.stage"] == "prepare_documents")
+    assert chain == ["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "prepare_documents"]
+    outputs = json.loads(run.data.tags["nanochat.output_hashes"])
+    from nanochat_core.common import sha256_file
+    assert outputs["data/documents.jsonl"] == sha256_file(root / "data" / "documents.jsonl")
+    return run
+
+
 @pytest.mark.pipeline
 def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     # Its own marker (~3 min), run by .ci/run as its own step: the one test of every stage for real.
@@ -325,22 +347,7 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     client, runs = _mlflow_runs(tmp_path)
     assert set(STAGES) <= set(runs)
     assert len({runs[s].data.tags["mlflow.parentRunId"] for s in STAGES}) == 1
-    chain, run = [], runs["refrag_finetune"]
-    while True:
-        chain.append(run.data.tags["nanochat.stage"])
-        parents = [client.get_run(i) for i in run.data.tags["nanochat.parent_run_ids"].split(",") if i]
-        if not parents:
-            break
-        # follow the model's line: the nearest parent that trained a checkpoint (the tokenizer's
-        # stage, pretrain, is a parent of every training stage too)
-        trained = [p for p in parents if p.data.tags.get("nanochat.checkpoint_hash")]
-        run = max(trained or parents, key=lambda p: STAGES.index(p.data.tags["nanochat.stage"]))
-        if chain[-1] == "pretrain":
-            run = next(p for p in parents if p.data.tags["nanochat.stage"] == "prepare_documents")
-    assert chain == ["refrag_finetune", "rag_finetune", "midtrain", "pretrain", "prepare_documents"]
-    outputs = json.loads(run.data.tags["nanochat.output_hashes"])
-    from nanochat_core.common import sha256_file
-    assert outputs["data/documents.jsonl"] == sha256_file(tmp_path / "data" / "documents.jsonl")
+    _assert_lineage_reaches_the_documents(client, runs, tmp_path)
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
     # Editing scoring retrains nothing: after an edit to evaluation.py, dvc status lists evaluate
@@ -356,6 +363,37 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert [ln.split("'")[1] for ln in r.stdout.splitlines() if ln.startswith("Running stage")] == ["evaluate"]
+
+
+@pytest.mark.slow
+def test_pipeline_trains_under_torchrun_with_two_ranks(tmp_path):
+    """distributed.nproc_per_node: 2 on CPU (gloo): every training stage and evaluate run under
+    torchrun; MLflow still holds one run per stage (the flow's, not one per rank) with rank 0's
+    step metrics, and the lineage reaches the documents."""
+    _repo_copy(tmp_path)
+    micro_params(tmp_path / "params.yaml")
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["distributed"]["nproc_per_node"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / ".prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.pop("NANOCHAT_PIPELINE_RUN_ID", None)
+    r = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    client, runs = _mlflow_runs(tmp_path)
+    exp = client.get_experiment_by_name("nanochat-rag")
+    per_stage = {}
+    for run in client.search_runs([exp.experiment_id]):
+        stage = run.data.tags.get("nanochat.stage", "pipeline")
+        per_stage[stage] = per_stage.get(stage, 0) + 1
+    assert per_stage == {s: 1 for s in ["pipeline", *STAGES]}, per_stage
+    for s in ("pretrain", "midtrain", "rag_finetune", "refrag_finetune"):
+        summary = json.loads((tmp_path / "reports" / f"{s}.json").read_text())
+        assert summary["world_size"] == 2, s
+        loss = client.get_metric_history(runs[s].info.run_id, "loss")
+        assert sorted(m.step for m in loss) == list(range(1, 5)), s  # rank 0's steps, each once
+    assert client.get_metric_history(runs["refrag_finetune"].info.run_id, "rl_reward")
+    _assert_lineage_reaches_the_documents(client, runs, tmp_path)
 
 
 def _free_port():
