@@ -55,8 +55,12 @@ def dvc_changed(targets=(), env=None):
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_path: str = "params.yaml") -> dict:
-    """Runs `dvc repro [targets]` with every stage tracked under one MLflow pipeline run."""
+def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_path: str = "params.yaml",
+                  pull: bool = False, push: bool = False) -> dict:
+    """Runs `dvc repro [targets]` with every stage tracked under one MLflow pipeline run.
+    pull: first `dvc pull` what the DVC remote has of the targets' inputs (another machine's
+    stage outputs), so only what is still out of date runs here; push: `dvc push` the outputs
+    afterwards, for the next machine."""
     logger = get_run_logger()
     params = load_params(params_path)  # bad params fail here, before anything runs
     targets = list(targets or [])
@@ -70,6 +74,8 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
     with get_client(sync_client=True) as prefect:
         # This flow's server (a real one, or the temporary one Prefect started for it).
         env["PREFECT_API_URL"] = str(prefect.api_url).rstrip("/")
+    if pull:
+        _dvc(["pull", "--allow-missing", *(["--with-deps", *targets] if targets else [])], env, logger)
     before = dvc_changed(targets, env)
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
     logger.info(f"$ dvc {' '.join(cmd[3:])}  (stages to run: {', '.join(before) if before is not None else 'unknown'})")
@@ -105,6 +111,8 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
         markdown=f"## dvc repro {'succeeded' if rc == 0 else f'failed (exit {rc})'}\n\n| stage | outcome |\n|---|---|\n"
                  f"{rows}\n\nMLflow pipeline run: `{run_id}`",
         description="what each DVC stage did in this run")
+    if rc == 0 and push:
+        _dvc(["push", *(["--with-deps", *targets] if targets else [])], env, logger)
     for s, o in report.items():
         client.set_tag(run_id, f"nanochat.outcome.{s}", o)
     client.set_tag(run_id, "nanochat.dvc_exit_code", str(rc))
@@ -117,18 +125,32 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
     return {"mlflow_run_id": run_id, "outcomes": report}
 
 
+def _dvc(args, env, logger):
+    """A dvc command (pull or push), logged; its failure fails the flow, with DVC's message."""
+    logger.info(f"$ dvc {' '.join(args)}")
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env)
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.strip():
+            logger.info(line)
+    if r.returncode != 0:
+        raise RuntimeError(f"dvc {args[0]} exited with {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}; "
+                           "check the remote (`dvc remote list`) and that this machine can reach it")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline_flow.description)
     ap.add_argument("targets", nargs="*",
                     help=f"stages to reproduce (with their upstream); default all: {', '.join(dvcfile.load())}")
     ap.add_argument("--force", action="store_true", help="rerun the targets even if unchanged")
+    ap.add_argument("--pull", action="store_true", help="dvc pull from the DVC remote first")
+    ap.add_argument("--push", action="store_true", help="dvc push to the DVC remote afterwards")
     args = ap.parse_args(argv)
     try:
         load_params()
     except (ValueError, FileNotFoundError) as e:
         print(f"pipeline: {e}", file=sys.stderr)
         return 2
-    state = pipeline_flow(args.targets, args.force, return_state=True)
+    state = pipeline_flow(args.targets, args.force, pull=args.pull, push=args.push, return_state=True)
     return 0 if state.is_completed() else 1
 
 
