@@ -24,6 +24,7 @@ KB_RETRIEVERS = ("tfidf", "bm25", "dense")        # what a KB can index (retriev
 RETRIEVERS = KB_RETRIEVERS + ("hybrid",)          # what a stage can query (hybrid fuses at query time)
 BM25_METHODS = ("robertson", "atire", "bm25l", "bm25+", "lucene")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")              # auto: bf16 autocast on CUDA, fp32 elsewhere
 MODES = ("closed_book", "rag", "refrag")
 CHECKPOINTS = ("base", "mid", "rag", "refrag_sft", "refrag")
 
@@ -35,7 +36,7 @@ TRAINING = {
     "matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004,
     "weight_decay": 0.0, "warmup_frac": 0.0, "warmdown_frac": 0.3,
     "eval_every": 50, "eval_tokens": 8192, "checkpoint_every": 100, "keep_last": 2, "log_every": 25,
-    "device": "auto",
+    "device": "auto", "precision": "auto", "compile": False,
 }
 
 DEFAULTS = {
@@ -101,7 +102,7 @@ _RULES = {
     "*.matrix_lr": _POSITIVE, "*.embedding_lr": _POSITIVE, "*.unembedding_lr": _POSITIVE, "*.scalar_lr": _POSITIVE,
     "*.weight_decay": _ge(0), "*.warmup_frac": _FRACTION, "*.warmdown_frac": _FRACTION,
     "*.eval_every": _ge(0), "*.eval_tokens": _ge(0), "*.checkpoint_every": _ge(0), "*.keep_last": _ge(0),
-    "*.log_every": _ge(1), "*.device": _ONE_OF(DEVICES),
+    "*.log_every": _ge(1), "*.device": _ONE_OF(DEVICES), "*.precision": _ONE_OF(PRECISIONS),
     "midtrain.closed_book_frac": _FRACTION, "midtrain.reading_frac": _FRACTION, "midtrain.n_distractors": _ge(0),
     "rag_finetune.question_types": _SUBSET(QA_TYPES), "refrag_finetune.question_types": _SUBSET(QA_TYPES),
     "refrag_finetune.rag_mix": _FRACTION, "evaluate.seed": _ge(0), "evaluate.batch_size": _ge(1),

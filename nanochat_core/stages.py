@@ -248,6 +248,8 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
             "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir)),
             "lineage": make_lineage(stage, run, parent_dir, data)}
     batches = ConversationBatches(train_rows, max_len, pad_id=tok.get_bos_token_id())
+    if p["compile"]:
+        batches.pad_to = max_len
     eval_fn = (lambda m: {"val_loss": evaluate_loss(m, val, p["batch_size"])}) if val else None
     summary = train(model, batches, p, out_dir, meta, log=log, eval_fn=eval_fn, device=device, name=stage)
     summary.update({"conversations": len(train_rows), "held_out_conversations": len(held),

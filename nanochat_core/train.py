@@ -5,6 +5,7 @@ checkpoint sees exactly the batches the uninterrupted run would have seen, and w
 optimizer state restored it reaches the same weights. Under `torchrun` the model is wrapped
 in DDP and each rank draws its own micro-batches.
 """
+import contextlib
 import math
 import time
 
@@ -91,6 +92,7 @@ class ConversationBatches:
             raise ValueError("no training conversations were rendered; check the QA files and the stage params")
         self.rows = [(ids[:max_len + 1], mask[:max_len + 1]) for ids, mask in rendered]
         self.pad_id = pad_id
+        self.pad_to = None  # a fixed batch length (max_len) for torch.compile; else each batch's longest row
         # Ties in length broken at random (fixed seed), so a run of equal lengths mixes sources.
         tie = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(0)).tolist()
         self.order = sorted(range(len(self.rows)), key=lambda i: (len(self.rows[i][0]), tie[i]))
@@ -106,14 +108,14 @@ class ConversationBatches:
             yield self._batch(self.order[i:i + batch_size])
 
     def _batch(self, pick):
-        return pad_batch([self.rows[i] for i in pick], self.pad_id)
+        return pad_batch([self.rows[i] for i in pick], self.pad_id, self.pad_to)
 
 
-def pad_batch(rows, pad_id):
+def pad_batch(rows, pad_id, length=None):
     """[(ids, mask)] -> (x, y): inputs ids[:-1] right-padded with pad_id, targets ids[1:] with
     -1 wherever the target's mask is 0 (no loss there) and in the padding. Right padding is
     safe for causal layers: nothing after a real token reaches it."""
-    T = max(len(ids) for ids, _ in rows) - 1
+    T = max(len(ids) for ids, _ in rows) - 1 if length is None else length
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     y = torch.full((len(rows), T), -1, dtype=torch.long)
     for r, (ids, mask) in enumerate(rows):
@@ -220,6 +222,12 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:  # fixed shapes (fine-tuning batches are padded to max_len), so it compiles once
+        ddp_model = torch.compile(ddp_model, dynamic=False)
+    amp = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    print0(f"[{name}] {device}, {'bf16 autocast (fp32 weights and SSM scans)' if amp else 'fp32'}"
+           f"{', torch.compile' if cfg['compile'] else ''}, {world} rank(s)")
 
     def checkpoint(step):
         if rank == 0:  # the weights and optimizer states are the same on every rank
@@ -242,7 +250,8 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         for micro in range(cfg["grad_accum"]):
             x, y = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
             x, y = x.to(device), y.to(device)
-            loss = ddp_model(x, y) / cfg["grad_accum"]
+            with autocast():
+                loss = ddp_model(x, y) / cfg["grad_accum"]
             loss.backward()
             loss_sum += loss.item()
             tokens_seen += x.numel() * world

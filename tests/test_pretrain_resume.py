@@ -15,7 +15,7 @@ from nanochat_core.common import REPO_ROOT
 
 TRAIN = dict(seed=0, steps=40, batch_size=4, grad_accum=1, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
              scalar_lr=0.004, weight_decay=0.0, warmup_frac=0.0, warmdown_frac=0.2, eval_every=0, eval_tokens=512,
-             checkpoint_every=5, keep_last=2, log_every=5, device="cpu")
+             checkpoint_every=5, keep_last=2, log_every=5, device="cpu", precision="fp32", compile=False)
 PARAMS = {"tokenizer": {"vocab_size": 300, "max_chars": 200_000},
           "model": dict(sequence_len=32, vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
                         block_pattern="TM", headdim=16, d_state=8),

@@ -214,17 +214,20 @@ class Mamba1(nn.Module):
         xc, new_conv = _conv_with_state(x, self.conv1d.weight, self.conv1d.bias, conv_state)
         xc = F.silu(xc)  # (b, l, d_inner)
         dt, Bm, Cm = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # Bm, Cm: (b, l, d_state)
-        dt = F.softplus(self.dt_proj(dt))  # (b, l, dt_rank) -> (b, l, d_inner)
+        dt = F.softplus(self.dt_proj(dt).float())  # (b, l, dt_rank) -> (b, l, d_inner)
         if valid is not None:
             dt = dt * valid[..., None]
         h0 = state["ssm"] if state is not None else None
-        if torch.is_grad_enabled():
-            # The scan materializes (b, l, d_inner, d_state) several times over; recompute it in
-            # backward instead of keeping every layer's copies alive (4x less memory at L=4096).
-            y, ssm = torch.utils.checkpoint.checkpoint(selective_scan, xc, dt, A, Bm, Cm, self.D, z, h0,
-                                                       self.chunk_size, use_reentrant=False)
-        else:
-            y, ssm = selective_scan(xc, dt, A, Bm, Cm, self.D, z, h0, self.chunk_size)  # (b, l, d_inner), (b, d_inner, d_state)
+        dtype = xc.dtype
+        args = (xc.float(), dt, A, Bm.float(), Cm.float(), self.D.float(), z.float(), h0, self.chunk_size)
+        with torch.autocast(u.device.type, enabled=False):  # fp32 scan under bf16 autocast, as mamba-ssm
+            if torch.is_grad_enabled():
+                # The scan materializes (b, l, d_inner, d_state) several times over; recompute it in
+                # backward instead of keeping every layer's copies alive (4x less memory at L=4096).
+                y, ssm = torch.utils.checkpoint.checkpoint(selective_scan, *args, use_reentrant=False)
+            else:
+                y, ssm = selective_scan(*args)  # (b, l, d_inner), (b, d_inner, d_state)
+        y = y.to(dtype)
         if state is not None:
             state["conv"], state["ssm"] = new_conv, ssm
         return self.out_proj(y)  # (b, l, d_model)
@@ -305,10 +308,15 @@ class Mamba2(nn.Module):
             y = fused["mamba_chunk_scan_combined"](x, dt, A, Bm, Cm, chunk_size=self.chunk_size, D=self.D,
                                                    dt_bias=self.dt_bias, dt_softplus=True)
         else:
-            dt = F.softplus(dt + self.dt_bias)
+            # The scan's cumulative sums and exponentials run in fp32 even under bf16 autocast, as
+            # mamba-ssm's kernels keep them; A_log, D and dt_bias are fp32 parameters throughout.
+            dt = F.softplus(dt.float() + self.dt_bias.float())
             if valid is not None:
                 dt = dt * valid[..., None]
-            y, ssm = ssd_scan(x, dt, A, Bm, Cm, self.chunk_size, self.D, state["ssm"] if state is not None else None)  # (b, l, h, p)
+            with torch.autocast(u.device.type, enabled=False):
+                y, ssm = ssd_scan(x.float(), dt, A, Bm.float(), Cm.float(), self.chunk_size, self.D.float(),
+                                  state["ssm"] if state is not None else None)  # (b, l, h, p)
+            y = y.to(x.dtype)
             if state is not None:
                 state["conv"], state["ssm"] = new_conv, ssm
         y = self.norm(y.reshape(b, L, self.d_inner), z)  # (b, l, d_inner), heads side by side
