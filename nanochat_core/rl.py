@@ -66,7 +66,7 @@ def group_advantages(rewards, group_size):
     return (r - r.mean(dim=1, keepdim=True)).view(-1)
 
 
-def policy_loss(model, rows, advantages, pad_id, n_tokens=None):
+def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0):
     """REINFORCE loss over `rows` (prompt + tokens + masks each): -sum(advantage x log-prob)
     over the sampled tokens, / their count. Also returns the mean entropy of the policy at
     those tokens (a health metric, no gradient)."""
@@ -75,7 +75,8 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None):
     x, y = x.to(device), y.to(device)
     keep = y != -1
     logits = model(x)  # (B, T, V), softcapped
-    logp = F.log_softmax(logits[keep].float(), dim=-1)  # (N, V) at the sampled tokens only
+    # The policy that sampled the rollouts: logits / temperature (on-policy at any temperature).
+    logp = F.log_softmax(logits[keep].float() / max(temperature, 1e-6), dim=-1)  # (N, V) at the sampled tokens only
     tok_logp = logp.gather(1, y[keep][:, None])[:, 0]  # (N,)
     adv = advantages.to(device)[:, None].expand_as(y)[keep]  # each token gets its rollout's advantage
     n = max(int(keep.sum()) if n_tokens is None else n_tokens, 1)  # n_tokens: all ranks' count under torchrun
@@ -174,7 +175,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         n_tokens = sum(sum(r["masks"]) for r in rows)
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
             n_tokens = int(_all_sum(torch.tensor([float(n_tokens)])))
-        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens if world > 1 else None) if rows else (None, 0.0)
+        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens if world > 1 else None, p["rl_temperature"]) if rows else (None, 0.0)
         if loss is not None:
             loss.backward()
         if world > 1:
