@@ -57,7 +57,7 @@ DEFAULTS = {
     "midtrain": {**TRAINING, "seed": 43, "steps": 600, "eval_every": 100, "max_len": 640, "closed_book_frac": 0.3, "reading_frac": 0.7,
                  "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
                  "drill_docs": 1, "drill_people": 3000},
-    "rag_finetune": {**TRAINING, "seed": 44, "steps": 700, "eval_every": 100, "max_len": 640, "k": 3, "retriever": "bm25",
+    "rag_finetune": {**TRAINING, "seed": 44, "steps": 1000, "eval_every": 100, "max_len": 640, "k": 3, "retriever": "bm25",
                      "abstain_frac": 0.1, "swap_frac": 0.5, "question_types": ["single", "unanswerable"],
                      "drills": 6000, "drill_people": 3000},
     "refrag_finetune": {
