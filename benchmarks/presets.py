@@ -1,24 +1,21 @@
-"""The d20 presets, for real: each one's model is built, counted and trained for 2 optimizer
-steps on the CPU (batch 1, a short sequence), and its memory per GPU at the preset's own batch
-is estimated. Writes benchmarks/results/presets.json and prints the README's table.
+"""The d20 presets, for real: each one's model is built and counted, and its memory per GPU at
+the preset's own batch is estimated. Writes benchmarks/results/presets.json and prints the
+README's table. (tests/test_presets_d20.py, a slow test, also takes 2 optimizer steps of each on
+the CPU: Muon's Newton-Schulz on 20 layers of 1280-wide matrices is minutes per step there.)
 
-    python -m benchmarks.presets                  # every *_d20 preset (~2 min, ~10 GB RAM)
+    python -m benchmarks.presets                  # every *_d20 preset (~5 min, ~10 GB RAM)
     python -m benchmarks.presets transformer_d20  # one
 
 Memory per GPU (bf16 autocast, fp32 master weights, no activation recomputation):
   weights 4 B + gradients 4 B + optimizer state per parameter (Muon: 4 B of momentum for the
   matrices; AdamW: 8 B for embeddings, unembedding and scalars), plus activations. The
-  activation bytes per token are measured here: the peak RSS of a forward+backward in fp32 at
-  two sequence lengths, whose difference per token is the activation cost (the static part
-  cancels); bf16 halves it. Scaled to batch_size x sequence_len tokens of the preset's
-  pretrain (one micro-batch: gradient accumulation does not add activations).
+  activation bytes per token are counted here: what autograd saves for backward in one fp32
+  forward of our pure-PyTorch path (bf16 halves it; mamba-ssm's fused kernels save less than our
+  Mamba scans). Scaled to batch_size x sequence_len tokens of the preset's pretrain (one
+  micro-batch: gradient accumulation does not add activations).
 """
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -77,35 +74,38 @@ def two_steps(model, seq_len=64):
     return {"losses": losses, "moved": len(moved), "n_tensors": len(before)}
 
 
-def activation_bytes_per_token(name, lengths=(128, 256)):
-    """fp32 activation bytes per token: peak RSS of forward+backward at two lengths, each in its
-    own process (peak RSS only grows), differenced."""
-    peaks = []
-    for L in lengths:
-        r = subprocess.run([sys.executable, "-m", "benchmarks.presets", "--child", name, "--L", str(L)],
-                           capture_output=True, text=True, check=True, cwd=REPO_ROOT)
-        peaks.append(json.loads(r.stdout.strip().splitlines()[-1])["peak_bytes"])
-    return max(peaks[1] - peaks[0], 0) / (lengths[1] - lengths[0])
+def activation_bytes_per_token(model, L=64):
+    """fp32 bytes that one forward at batch 1, length L saves for backward, per token: every
+    tensor autograd keeps (counted once per storage). At L=64 attention's L x L scores are ~2%
+    of it, and on a GPU flash attention does not keep them at all."""
+    seen, total = set(), 0
 
-
-def child(name, L):
-    model, _ = build(name)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
     x = torch.zeros((1, L), dtype=torch.long)
-    model(x, x).backward()
-    print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x, x)
+    del loss
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total -= sum(nb for ptr, nb in seen if ptr in params)  # weights are not activations
+    return total / L
 
 
 def report(name):
     model, params = build(name)
     c = counts(model)
-    steps = two_steps(model)
-    act = activation_bytes_per_token(name)
+    act = activation_bytes_per_token(model)
+    del model
     p = params["pretrain"]
     tokens = p["batch_size"] * params["model"]["sequence_len"]
     static = 8 * c["params"] + 4 * c["muon_params"] + 8 * c["adamw_params"]
     est = static + act / 2 * tokens
-    return {"preset": name, "block_pattern": params["model"]["block_pattern"], **c, **steps,
+    return {"preset": name, "block_pattern": params["model"]["block_pattern"], **c,
             "nproc_per_node": params["distributed"]["nproc_per_node"], "batch_size_per_gpu": p["batch_size"],
             "sequence_len": params["model"]["sequence_len"], "activation_bytes_per_token_fp32": act,
             "static_gb": static / 1e9, "est_gb_per_gpu": est / 1e9}
@@ -114,19 +114,15 @@ def report(name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("presets", nargs="*")
-    ap.add_argument("--child")
-    ap.add_argument("--L", type=int)
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    if a.child:
-        return child(a.child, a.L)
     names = a.presets or [n for n in list_presets() if n.endswith("_d20")]
     rows = []
     for n in names:
         rows.append(report(n))
         r = rows[-1]
-        print(f"{n}: {r['params'] / 1e6:.1f}M params, losses {r['losses'][0]:.3f} -> {r['losses'][1]:.3f}", flush=True)
+        print(f"{n}: {r['params'] / 1e6:.1f}M params, ~{r['est_gb_per_gpu']:.0f} GB per GPU", flush=True)
     atomic_write_json(a.out, {"presets": rows, "torch": torch.__version__})
     print("\n| preset | layers | params | non-embedding | est. memory per GPU (bf16, batch x seq) |")
     print("|---|---|---|---|---|")

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from nanochat_core.checkpoint import latest_step
 from nanochat_core.train import train
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from test_flows import _free_port, _repo_copy, micro_params
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
