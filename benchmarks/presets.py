@@ -19,23 +19,17 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from nanochat_core.common import REPO_ROOT, atomic_write_json
 from nanochat_core.model import GPT, GPTConfig
-from nanochat_core.presets import deep_merge, list_presets, load_preset
+from nanochat_core.presets import apply_preset, list_presets
 
 OUT = Path(__file__).parent / "results" / "presets.json"
 
 
-def preset_params(name):
-    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    return deep_merge(base, load_preset(name))
-
-
 def build(name):
-    """(model, params) for preset `name`, built on the CPU."""
-    params = preset_params(name)
+    """(model, params) for preset `name` (merged into params.yaml and validated), built on the CPU."""
+    params = apply_preset(name, REPO_ROOT / "params.yaml", write=False)
     torch.manual_seed(0)
     return GPT(GPTConfig.from_dict(params["model"])), params
 
@@ -43,7 +37,7 @@ def build(name):
 def counts(model):
     total = model.num_params()
     emb = model.transformer.wte.weight.numel()
-    head = model.lm_head.weight.numel() if getattr(model, "lm_head", None) is not None else 0
+    head = model.lm_head.weight.numel()
     muon = sum(p.numel() for g in _matrix_groups(model) for p in g)
     return {"params": total, "non_embedding": total - emb - head, "muon_params": muon, "adamw_params": total - muon}
 
@@ -54,8 +48,8 @@ def _matrix_groups(model):
 
 
 def two_steps(model, seq_len=64):
-    """2 optimizer steps at batch 1 on CPU; returns both losses and whether every parameter
-    that had a gradient moved (a step that changes nothing is not a step)."""
+    """2 optimizer steps at batch 1 on CPU; returns both losses and how many of the parameter
+    tensors moved (a step that changes nothing is not a step)."""
     opts = model.setup_optimizers()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(0)

@@ -74,8 +74,9 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
     with get_client(sync_client=True) as prefect:
         # This flow's server (a real one, or the temporary one Prefect started for it).
         env["PREFECT_API_URL"] = str(prefect.api_url).rstrip("/")
+    with_deps = ["--with-deps", *targets] if targets else []  # the targets' outputs and their upstream's
     if pull:
-        _dvc(["pull", "--allow-missing", *(["--with-deps", *targets] if targets else [])], env, logger)
+        _dvc(["pull", "--allow-missing", *with_deps], env, logger)
     before = dvc_changed(targets, env)
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
     logger.info(f"$ dvc {' '.join(cmd[3:])}  (stages to run: {', '.join(before) if before is not None else 'unknown'})")
@@ -112,7 +113,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, params_
                  f"{rows}\n\nMLflow pipeline run: `{run_id}`",
         description="what each DVC stage did in this run")
     if rc == 0 and push:
-        _dvc(["push", *(["--with-deps", *targets] if targets else [])], env, logger)
+        _dvc(["push", *with_deps], env, logger)
     for s, o in report.items():
         client.set_tag(run_id, f"nanochat.outcome.{s}", o)
     client.set_tag(run_id, "nanochat.dvc_exit_code", str(rc))

@@ -133,6 +133,33 @@ def print0(*args, **kw):
         print(*args, file=sys.stderr, flush=True, **kw)
 
 
+def rank_world():
+    """(rank, world size): (0, 1) outside torchrun."""
+    import torch.distributed as dist
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def gather(items):
+    """Every rank's list, concatenated in rank order (the list itself in one process)."""
+    import torch.distributed as dist
+    rank, world = rank_world()
+    if world == 1:
+        return items
+    out = [None] * world
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def sharded(fn, items):
+    """fn(items), under torchrun split across the ranks (rank r takes items[r::world]) and
+    gathered back into the order of items on every rank. fn returns one result per item."""
+    rank, world = rank_world()
+    if world == 1:
+        return fn(items)
+    parts = gather([fn(items[rank::world])])
+    return [parts[i % world][i // world] for i in range(len(items))]
+
+
 def offline_env():
     """No network at run time: models load from installed packages, telemetry is off."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

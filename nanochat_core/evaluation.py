@@ -6,11 +6,9 @@ import random
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from nanochat_core import metrics
 from nanochat_core.checkpoint import load_model
-from nanochat_core.common import print0, read_jsonl
+from nanochat_core.common import print0, read_jsonl, sharded
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions
 from nanochat_core.metrics import exact_match, f1, wilson_interval
@@ -41,7 +39,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
         for mode in p["modes"]:
             for t, qs in groups.items():
                 t0 = time.perf_counter()
-                preds = _sharded(lambda mine: answer_questions(model, tok, mine, mode, kb, p["k"], p["retriever"],
+                preds = sharded(lambda mine: answer_questions(model, tok, mine, mode, kb, p["k"], p["retriever"],
                                                                p["max_hops"], p["max_new_tokens"], p["batch_size"]), qs)
                 seconds = time.perf_counter() - t0
                 agg = aggregate(score(qs, preds))
@@ -55,17 +53,6 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                 if log:
                     log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
     return {"results": results, "headline": headline(results), "predictions": predictions}
-
-
-def _sharded(answer, qs):
-    """answer(qs), under torchrun split across the ranks (rank r takes qs[r::world]) and
-    gathered back into the order of qs on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return answer(qs)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    parts = [None] * world
-    dist.all_gather_object(parts, answer(qs[rank::world]))
-    return [parts[i % world][i // world] for i in range(len(qs))]
 
 
 def sample(records, n, seed):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nanochat_core.checkpoint import clear_checkpoints, load_checkpoint, save_checkpoint
-from nanochat_core.common import print0
+from nanochat_core.common import gather, print0, rank_world, sharded
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions, refrag_rollouts
 from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
@@ -89,32 +89,16 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0)
 def val_em(model, tokenizer, questions, kb, p):
     """Greedy REFRAG EM on `questions` (the val split), overall (the checkpoint selector) and
     per question type: {"all": em, "2hop": em, ...}."""
-    rank, world = _rank_world()
-    mine = questions[rank::world]  # under torchrun each rank answers its share
     model.eval()
-    preds = answer_questions(model, tokenizer, mine, "refrag", kb, p["k"], p["retriever"], p["max_hops"],
-                             p["max_new_tokens"], batch_size=32)
+    preds = sharded(lambda mine: answer_questions(model, tokenizer, mine, "refrag", kb, p["k"], p["retriever"],
+                                                  p["max_hops"], p["max_new_tokens"], batch_size=32), questions)
     model.train()
-    pairs = _gather([(q["type"], exact_match(pr["prediction"], q["answers"])) for q, pr in zip(mine, preds)])
     hits = {}
-    for t, hit in pairs:
-        hits.setdefault(t, []).append(hit)
+    for q, pr in zip(questions, preds):
+        hits.setdefault(q["type"], []).append(exact_match(pr["prediction"], q["answers"]))
     out = {t: sum(h) / len(h) for t, h in sorted(hits.items())}
     out["all"] = sum(map(sum, hits.values())) / max(len(questions), 1)
     return out
-
-
-def _rank_world():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _gather(items):
-    """Every rank's list, concatenated in rank order (the list itself in one process)."""
-    if not dist.is_initialized():
-        return items
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, items)
-    return [x for part in out for x in part]
 
 
 def _fmt(v):
@@ -139,7 +123,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     pad = tokenizer.get_bos_token_id()
     G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
     history = []
-    rank, world = _rank_world()
+    rank, world = rank_world()
 
     def save(step, val):  # rank 0 writes; no rank reads the directory before it is written
         if rank == 0:
@@ -172,10 +156,10 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         for o in opts:
             for g in o.param_groups:
                 g["lr"] = g["initial_lr"] * mult
-        n_tokens = sum(sum(r["masks"]) for r in rows)
+        n_tokens = None
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
-            n_tokens = int(_all_sum(torch.tensor([float(n_tokens)])))
-        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens if world > 1 else None, p["rl_temperature"]) if rows else (None, 0.0)
+            n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))])))
+        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens, p["rl_temperature"]) if rows else (None, 0.0)
         if loss is not None:
             loss.backward()
         if world > 1:
@@ -186,10 +170,10 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         for o in opts:
             o.step()
         model.zero_grad(set_to_none=True)
-        parts, rows_info = _gather(parts), _gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
+        parts, rows_info = gather(parts), gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
         rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
-               "reward": float(R.mean()), "entropy": sum(_gather([entropy])) / world, "lr_mult": mult,
+               "reward": float(R.mean()), "entropy": sum(gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
                   for k in ("em", "citation", "unsupported", "format", "bad_query")},
                "searches_per_rollout": sum(s for s, _ in rows_info) / len(rows_info),
