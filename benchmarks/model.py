@@ -58,10 +58,10 @@ def peak_mem_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_train(name, n_embd, L, device, iters):
+def run_train(cfg, L, device, iters):
     torch.manual_seed(0)
-    model = GPT(build_config(name, n_embd)).to(device)
-    x = torch.randint(0, VOCAB, (1, L), device=device)
+    model = GPT(cfg).to(device)
+    x = torch.randint(0, cfg.vocab_size, (1, L), device=device)
     base_mem = peak_mem_mb(device)
 
     def step():
@@ -79,10 +79,10 @@ def run_train(name, n_embd, L, device, iters):
     return {"tokens_per_s": L / dt, "s_per_step": dt, "peak_mem_mb": peak_mem_mb(device), "mem_before_mb": base_mem}
 
 
-def run_decode(name, n_embd, ctx, device, n_steps):
+def run_decode(cfg, ctx, device, n_steps):
     torch.manual_seed(0)
-    model = GPT(build_config(name, n_embd)).to(device).eval()
-    x = torch.randint(0, VOCAB, (1, ctx), device=device)
+    model = GPT(cfg).to(device).eval()
+    x = torch.randint(0, cfg.vocab_size, (1, ctx), device=device)
     with torch.no_grad():
         cache = InferenceCache(model, 1, ctx + n_steps + 8)
         model(x, cache=cache)
@@ -101,15 +101,22 @@ def run_decode(name, n_embd, ctx, device, n_steps):
 
 def child(args):
     torch.set_num_threads(args.threads)
+    cfg = GPTConfig.from_dict(json.loads(args.config))
     if args.mode == "train":
-        r = run_train(args.name, args.n_embd, args.L, args.device, args.iters)
+        r = run_train(cfg, args.L, args.device, args.iters)
     else:
-        r = run_decode(args.name, args.n_embd, args.L, args.device, args.iters)
+        r = run_decode(cfg, args.L, args.device, args.iters)
     print("RESULT " + json.dumps(r))
 
 
 def spawn(mode, name, n_embd, L, device, iters, threads):
-    cmd = [sys.executable, "-m", "benchmarks.model", "--child", mode, "--name", name, "--n-embd", str(n_embd),
+    return spawn_cfg(mode, build_config(name, n_embd).to_dict(), L, device, iters, threads)
+
+
+def spawn_cfg(mode, cfg, L, device, iters, threads):
+    """One measurement of model config `cfg` (a GPTConfig dict) in its own process, so its peak
+    memory is its own. mode: train (tokens/s, peak memory) or decode (ms/token at context L)."""
+    cmd = [sys.executable, "-m", "benchmarks.model", "--child", mode, "--config", json.dumps(cfg),
            "--L", str(L), "--device", device, "--iters", str(iters), "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     for line in out.stdout.splitlines():
@@ -126,8 +133,7 @@ def main():
     ap.add_argument("--mamba1-long", action="store_true", help="also run Mamba-1 at L=4096 on CPU (~20 GB)")
     ap.add_argument("--out", default=str(report_path("model")))
     ap.add_argument("--child", choices=["train", "decode"], dest="mode")
-    ap.add_argument("--name")
-    ap.add_argument("--n-embd", type=int)
+    ap.add_argument("--config", help="a GPTConfig as JSON (--child)")
     ap.add_argument("--L", type=int)
     ap.add_argument("--iters", type=int)
     args = ap.parse_args()

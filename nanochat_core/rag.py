@@ -138,19 +138,26 @@ def world_documents(world, rng):
              "source": "drill", "metadata": {"entity_type": world.entities[e].type}} for e in world.entities]
 
 
-def retrieved_blocks(kb, questions, gold_ids, k, retriever, abstain_frac, rng):
+def draw_k(k, k_min, rng):
+    """How many documents a training example shows: k, or with k_min < k a uniform draw from
+    [k_min, k] (no draw at all when k_min == k, so a fixed k keeps every other example as it was)."""
+    return k if k_min >= k else rng.randint(k_min, k)
+
+
+def retrieved_blocks(kb, questions, gold_ids, k, retriever, abstain_frac, rng, k_min=None):
     """The top-k for each question. With probability abstain_frac the question's gold
     documents (`gold_ids`, one set per question) are taken out and the next hits fill their
-    place, so the right answer becomes to abstain. One search for k + 3 hits serves both."""
+    place, so the right answer becomes to abstain. One search for k + 3 hits serves both.
+    With k_min < k each block's size is drawn from [k_min, k] (draw_k)."""
     blocks = []
     for hits, gold in zip(retrieve(kb, questions, k + 3, retriever), gold_ids):
         if rng.random() < abstain_frac:
             hits = [d for d in hits if d["id"] not in gold]
-        blocks.append(hits[:k])
+        blocks.append(hits[:draw_k(k, k if k_min is None else k_min, rng)])
     return blocks
 
 
-def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
+def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1, k_min=None):
     """n single-hop questions about random entities of `world`, each with the top-k of
     `kb` (built from world_documents) as its documents block: the same format and the same
     kind of distractors as the RAG stage's real conversations (the retriever ranks the
@@ -167,7 +174,7 @@ def retrieved_drills(world, kb, n, k, retriever, rng, abstain_frac=0.1):
         qas.append({"question": rng.choice(QUESTION_TEMPLATES[f"{e.type}.{r}"]).format(s=e.name),
                     "answers": [ABSTAIN if obj is None else world.name(obj)], "gold_doc_ids": [[s]]})
     blocks = retrieved_blocks(kb, [q["question"] for q in qas], [set(q["gold_doc_ids"][-1]) for q in qas],
-                              k, retriever, abstain_frac, rng)
+                              k, retriever, abstain_frac, rng, k_min)
     return [reading_conversation(q, docs) for q, docs in zip(qas, blocks)]
 
 

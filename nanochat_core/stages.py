@@ -175,11 +175,13 @@ def rag_conversations(p, qa, kb):
     document is taken out and the target is to abstain; with swap_frac the answer is swapped
     in the documents), cited [n]; and p["drills"] drill-world questions with the top-k of the
     drill world's own KB (measured: these lift held-out RAG EM far more than random blocks,
-    because their distractors are the real kind: documents sharing the question's words)."""
+    because their distractors are the real kind: documents sharing the question's words).
+    With k_min < k each example shows a k drawn from [k_min, k] (the architecture study
+    trains on 1-8 documents, so it can ask how many each mixer reads)."""
     r = rngs(p["seed"], "questions", "drills")
     qa = [q for q in qa if q["type"] in p["question_types"]]
     docs = [] if not qa else rag.retrieved_blocks(kb, [q["question"] for q in qa], [set(q["gold_doc_ids"][-1]) for q in qa],
-                                p["k"], p["retriever"], p["abstain_frac"], r["questions"])
+                                p["k"], p["retriever"], p["abstain_frac"], r["questions"], p["k_min"])
     pool = rag.answer_pool(qa)
     for i, q in enumerate(qa):
         if r["questions"].random() < p["swap_frac"]:
@@ -188,7 +190,8 @@ def rag_conversations(p, qa, kb):
     if p["drills"]:
         world = drill_world(p, kb)
         dkb = drill_kb(world, kb, r["drills"])
-        convs += rag.retrieved_drills(world, dkb, p["drills"], p["k"], p["retriever"], r["drills"], p["abstain_frac"])
+        convs += rag.retrieved_drills(world, dkb, p["drills"], p["k"], p["retriever"], r["drills"], p["abstain_frac"],
+                                      p["k_min"])
     return convs
 
 
