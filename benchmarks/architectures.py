@@ -44,7 +44,7 @@ ARCHS = {
     "hybrid_1T": dict(block_pattern="TMMM", n_embd=120, headdim=16),  # 799k: one attention layer in four
 }
 HYBRIDS = ("hybrid", "hybrid_1T")
-LRS = (0.005, 0.01, 0.02, 0.04)  # matrix (Muon) learning rate of all three stages; params.yaml's is 0.02
+LRS = (0.0025, 0.005, 0.01, 0.02, 0.04)  # matrix (Muon) learning rate of all three stages; params.yaml's is 0.02
 SEEDS = (0, 1)  # added x1000 to each stage's seed: other init, data order and training sets
 KS = (1, 2, 4, 8, 16)
 SELECT_KS = (1, 2, 4, 8)  # the trained range: what val chooses the learning rate on
