@@ -186,9 +186,25 @@ def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS):
     return result
 
 
-def run_all(jobs, device, scale, root=RESULTS, archs=tuple(ARCHS), lrs=LRS, seeds=SEEDS):
-    """Every cell not finished yet, `jobs` at a time, each in its own process."""
-    todo = [(a, lr, s) for s in seeds for a in archs for lr in lrs if not (Path(root) / f"{cell_name(a, lr, s)}.json").exists()]
+def parse_cell(text):
+    """'hybrid:0.0025:0' -> ("hybrid", 0.0025, 0), refusing an unknown architecture."""
+    try:
+        arch, lr, seed = text.split(":")
+        cell = (arch, float(lr), int(seed))
+    except ValueError:
+        raise SystemExit(f"--cells {text!r}: write ARCH:LR:SEED, e.g. hybrid:0.0025:0") from None
+    if arch not in ARCHS:
+        raise SystemExit(f"--cells {text!r}: unknown architecture {arch!r}; one of {', '.join(ARCHS)}")
+    return cell
+
+
+def all_cells():
+    return [(a, lr, s) for s in SEEDS for a in ARCHS for lr in LRS]
+
+
+def run_all(jobs, device, scale, root=RESULTS, cells=None):
+    """Every cell (or those in `cells`) not finished yet, `jobs` at a time, each in its own process."""
+    todo = [c for c in (cells or all_cells()) if not (Path(root) / f"{cell_name(*c)}.json").exists()]
     Path(root).mkdir(parents=True, exist_ok=True)
     running, failed = [], []
     env = {**os.environ, "STUDY_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, jobs)))}
@@ -430,7 +446,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--scale", type=float, default=1.0, help="shorten every schedule (smoke runs; not for the table)")
     ap.add_argument("--root", default=str(RESULTS))
-    ap.add_argument("--cell", nargs=3, metavar=("ARCH", "LR", "SEED"))
+    ap.add_argument("--cell", nargs=3, metavar=("ARCH", "LR", "SEED"), help=argparse.SUPPRESS)  # one cell, in-process
+    ap.add_argument("--cells", nargs="+", metavar="ARCH:LR:SEED", help="only these cells, e.g. hybrid:0.0025:0")
     ap.add_argument("--cost", action="store_true", help="measure CPU cost at the lengths each k needs")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--report", action="store_true", help="only write the report from the cells there")
@@ -441,7 +458,10 @@ def main():
         return
     cost_path = Path(args.root) / "cost.json"
     if not args.report and not args.cost:
-        run_all(args.jobs, args.device, args.scale, args.root)
+        cells = None
+        if args.cells:
+            cells = [parse_cell(c) for c in args.cells]
+        run_all(args.jobs, args.device, args.scale, args.root, cells)
     cells = [c for c in load_cells(args.root) if "arch" in c]
     if not cells:
         raise SystemExit(f"no finished cells in {args.root}; run `python -m benchmarks.architectures` first")

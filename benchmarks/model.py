@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -72,11 +73,14 @@ def run_train(cfg, L, device, iters):
             torch.cuda.synchronize()
 
     step()  # warm-up
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        t0 = time.perf_counter()
         step()
-    dt = (time.perf_counter() - t0) / iters
-    return {"tokens_per_s": L / dt, "s_per_step": dt, "peak_mem_mb": peak_mem_mb(device), "mem_before_mb": base_mem}
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)  # a 2-core machine's steps vary by 30%; the median ignores the outliers
+    return {"tokens_per_s": L / dt, "s_per_step": dt, "step_times": times, "peak_mem_mb": peak_mem_mb(device),
+            "mem_before_mb": base_mem}
 
 
 def run_decode(cfg, ctx, device, n_steps):
@@ -130,6 +134,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="L=256,1024 only and fewer iterations (a smoke run)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over the configs at each length (median kept)")
     ap.add_argument("--mamba1-long", action="store_true", help="also run Mamba-1 at L=4096 on CPU (~20 GB)")
     ap.add_argument("--out", default=str(report_path("model")))
     ap.add_argument("--child", choices=["train", "decode"], dest="mode")
@@ -154,7 +159,7 @@ def main():
                        "see mem_before_mb) or torch.cuda.max_memory_allocated on CUDA",
         "train": {}, "decode": {},
     }
-    for L in lengths:
+    for L, rep in [(L, rep) for L in lengths for rep in range(args.repeats)]:
         for n in CONFIGS:
             if n == "M_mamba1" and L > 1024 and args.device == "cpu" and not args.mamba1_long:
                 # The pure-PyTorch Mamba-1 scan materializes (L, d_inner, d_state) tensors for
@@ -162,10 +167,14 @@ def main():
                 report["train"].setdefault(str(L), {})[n] = {"skipped": "pure-PyTorch Mamba-1 at L>1024 needs "
                                                              "~20 GB on CPU; pass --mamba1-long to run it"}
                 continue
-            iters = 3 if L <= 1024 else 2
-            r = spawn("train", n, widths[n], L, args.device, 1 if args.quick else iters, args.threads)
-            report["train"].setdefault(str(L), {})[n] = r
-            print(f"train L={L:5d} {n:12s} {r}", flush=True)
+            r = spawn("train", n, widths[n], L, args.device, 1 if args.quick else 5, args.threads)
+            runs = report["train"].setdefault(str(L), {}).setdefault(n, {"runs": []})["runs"]
+            runs.append(r)
+            ok = [x["tokens_per_s"] for x in runs if "tokens_per_s" in x]
+            if ok:  # the configs take turns, `repeats` rounds: a slow spell of the machine hits all of them
+                report["train"][str(L)][n].update(tokens_per_s=statistics.median(ok),
+                                                  peak_mem_mb=max(x["peak_mem_mb"] for x in runs if "peak_mem_mb" in x))
+            print(f"train L={L:5d} {n:12s} round {rep + 1}: {r}", flush=True)
     for n in ("T", "M_mamba2", "M_mamba1"):
         for ctx in (128, 2048):
             r = spawn("decode", n, widths[n], ctx, args.device, 20 if args.quick else 50, args.threads)

@@ -57,7 +57,7 @@ DEFAULTS = {
     "midtrain": {**TRAINING, "seed": 43, "steps": 600, "eval_every": 100, "max_len": 640, "closed_book_frac": 0.3, "reading_frac": 0.7,
                  "n_distractors": 2, "swap_frac": 0.5, "drills": 12000, "drill_questions": 1,
                  "drill_docs": 1, "drill_people": 3000},
-    "rag_finetune": {**TRAINING, "seed": 44, "steps": 1000, "eval_every": 100, "max_len": 640, "k": 3, "k_min": 3,
+    "rag_finetune": {**TRAINING, "seed": 44, "steps": 1000, "eval_every": 100, "max_len": 640, "k": 3, "k_min": 0,
                      "retriever": "bm25", "abstain_frac": 0.1, "swap_frac": 0.5, "question_types": ["single", "unanswerable"],
                      "drills": 6000, "drill_people": 3000},
     "refrag_finetune": {
@@ -107,7 +107,7 @@ _RULES = {
     "rag_finetune.question_types": _SUBSET(QA_TYPES), "refrag_finetune.question_types": _SUBSET(QA_TYPES),
     "refrag_finetune.rag_mix": _FRACTION, "evaluate.seed": _ge(0), "evaluate.batch_size": _ge(1),
     "evaluate.device": _ONE_OF(DEVICES),
-    "rag_finetune.k": _ge(1), "rag_finetune.k_min": _ge(1), "rag_finetune.abstain_frac": _FRACTION,
+    "rag_finetune.k": _ge(1), "rag_finetune.k_min": _ge(0), "rag_finetune.abstain_frac": _FRACTION,
     "midtrain.swap_frac": _FRACTION, "rag_finetune.swap_frac": _FRACTION,
     **{f"{s}.{k}": r for s in ("midtrain", "rag_finetune", "refrag_finetune")
        for k, r in (("drills", _ge(0)), ("drill_people", _ge(10)))},
@@ -267,7 +267,7 @@ def validate_params(params, source="params.yaml"):
                           f"plain chat), got {m['closed_book_frac']} + {m['reading_frac']}")
     if out["rag_finetune"]["k_min"] > out["rag_finetune"]["k"]:
         raise ParamsError(f"{source}: rag_finetune.k_min must be <= rag_finetune.k (each example shows a k drawn from "
-                          f"[k_min, k]), got {out['rag_finetune']['k_min']} > {out['rag_finetune']['k']}; set k_min = k "
+                          f"[k_min, k]), got {out['rag_finetune']['k_min']} > {out['rag_finetune']['k']}; set k_min: 0 "
                           "for a fixed k")
     c = out["kb"]["chunking"]
     if c["enabled"] and c["overlap"] >= c["max_words"]:

@@ -139,21 +139,21 @@ def world_documents(world, rng):
 
 
 def draw_k(k, k_min, rng):
-    """How many documents a training example shows: k, or with k_min < k a uniform draw from
-    [k_min, k] (no draw at all when k_min == k, so a fixed k keeps every other example as it was)."""
-    return k if k_min >= k else rng.randint(k_min, k)
+    """How many documents a training example shows: k, or with 1 <= k_min < k a uniform draw
+    from [k_min, k]. k_min 0 (or k) draws nothing, so a fixed k keeps every example as it was."""
+    return k if not k_min or k_min >= k else rng.randint(k_min, k)
 
 
 def retrieved_blocks(kb, questions, gold_ids, k, retriever, abstain_frac, rng, k_min=None):
     """The top-k for each question. With probability abstain_frac the question's gold
     documents (`gold_ids`, one set per question) are taken out and the next hits fill their
     place, so the right answer becomes to abstain. One search for k + 3 hits serves both.
-    With k_min < k each block's size is drawn from [k_min, k] (draw_k)."""
+    With 1 <= k_min < k each block's size is drawn from [k_min, k] (draw_k)."""
     blocks = []
     for hits, gold in zip(retrieve(kb, questions, k + 3, retriever), gold_ids):
         if rng.random() < abstain_frac:
             hits = [d for d in hits if d["id"] not in gold]
-        blocks.append(hits[:draw_k(k, k if k_min is None else k_min, rng)])
+        blocks.append(hits[:draw_k(k, k_min, rng)])
     return blocks
 
 

@@ -176,7 +176,7 @@ def rag_conversations(p, qa, kb):
     in the documents), cited [n]; and p["drills"] drill-world questions with the top-k of the
     drill world's own KB (measured: these lift held-out RAG EM far more than random blocks,
     because their distractors are the real kind: documents sharing the question's words).
-    With k_min < k each example shows a k drawn from [k_min, k] (the architecture study
+    With 1 <= k_min < k each example shows a k drawn from [k_min, k] (the architecture study
     trains on 1-8 documents, so it can ask how many each mixer reads)."""
     r = rngs(p["seed"], "questions", "drills")
     qa = [q for q in qa if q["type"] in p["question_types"]]

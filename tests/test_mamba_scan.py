@@ -140,3 +140,20 @@ def test_mamba2_scan_is_stable_with_strong_decay():
     leaves = [x.requires_grad_(True), dt, B.requires_grad_(True), C.requires_grad_(True), h0.requires_grad_(True)]
     y, s = ssd_scan(x, dt, A, B, C, 64, D, h0)
     assert_matches_reference(y, s, *ref_mamba2(x, dt, A, B, C, D, h0), leaves, finite=True)
+
+
+@pytest.mark.parametrize("scales", [(0.1, 0.1, 0.1, 0.1), (0.1, 60, 0.1, 60), (60, 60, 60, 60)])
+def test_mamba2_factored_and_quadratic_heads_match_recurrence(scales):
+    # With one group, ssd_scan takes the factored in-chunk form exp(A_l) * exp(-A_s) for heads whose
+    # decay over a chunk stays under _FACTOR_MAX and the quadratic form for the rest: each mix of the
+    # two must equal the recurrence, values and gradients.
+    from nanochat_core.model.mamba import _FACTOR_MAX
+    x, dt, A, B, C, D, h0 = mamba2_inputs(150, seed=7, g_=1)
+    dt = dt * torch.tensor(scales, dtype=dt.dtype)
+    chunk_decay = -(dt * A)[:, :128].reshape(2, 2, 64, 4).sum(2).amax(dim=(0, 1))  # per head, chunk size 64
+    assert ((chunk_decay >= _FACTOR_MAX) == torch.tensor([s > 1 for s in scales])).all()  # the mix asked for
+    leaves = [x, dt.requires_grad_(True), B, C, h0]
+    for t in (x, B, C, h0):
+        t.requires_grad_(True)
+    y, s = ssd_scan(x, dt, A, B, C, 64, D, h0)
+    assert_matches_reference(y, s, *ref_mamba2(x, dt, A, B, C, D, h0), leaves, finite=True)

@@ -133,6 +133,11 @@ def test_impossible_value_names_the_key(raw, path, value):
     _refused(_with(raw, path, value), path)
 
 
+def test_rag_k_min_must_not_exceed_k(raw):
+    _refused(_with(raw, "rag_finetune.k_min", 4), "rag_finetune.k_min must be <= rag_finetune.k")
+    _refused(_with(raw, "rag_finetune.k_min", -1), "rag_finetune.k_min")
+
+
 def test_fractions_that_must_add_up(raw):
     p = _with(_with(raw, "pretrain.warmup_frac", 0.6), "pretrain.warmdown_frac", 0.6)
     _refused(p, "pretrain.warmup_frac + pretrain.warmdown_frac")

@@ -276,3 +276,25 @@ def test_resizing_one_source_leaves_the_others_examples_alone(stage, knob):
                 "rag_mix": lambda c: c[1]["role"] == "search"}[knob]  # trajectories
         assert [c for c in real_a if kept(c)] == [c for c in real_b if kept(c)]
         assert [c for c in real_a if not kept(c)] != [c for c in real_b if not kept(c)]
+
+
+def test_a_k_range_draws_every_block_size_and_a_fixed_k_draws_nothing():
+    """rag_finetune with 1 <= k_min < k (the architecture study's 1-8 documents): each block's
+    size is a uniform draw from [k_min, k]; with k_min 0 (the default) or k no extra draw is
+    made, so the default's training set is what it was before k_min existed."""
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
+    qs = [d["title"] + " city company university" for d in kb.docs[:200]]  # many BM25 hits each
+    gold = [{d["id"]} for d in kb.docs[:200]]
+    sizes = [len(b) for b in rag.retrieved_blocks(kb, qs, gold, 8, "bm25", 0.0, random.Random(0), k_min=1)]
+    assert set(sizes) == set(range(1, 9))
+    fixed_rng, plain_rng = random.Random(1), random.Random(1)
+    fixed = rag.retrieved_blocks(kb, qs, gold, 3, "bm25", 0.2, fixed_rng, k_min=0)
+    plain = rag.retrieved_blocks(kb, qs, gold, 3, "bm25", 0.2, plain_rng)
+    assert fixed == plain and fixed_rng.random() == plain_rng.random()
+    assert rag.draw_k(3, 0, None) == rag.draw_k(3, 3, None) == 3  # no rng is touched
+    p = {**DEFAULTS["rag_finetune"], "seed": 1, "drills": 200, "drill_people": 100, "k": 6, "k_min": 2}
+    blocks = [len(c[1]["documents"]) for c in stages.rag_conversations(p, [], kb)]
+    assert max(blocks) == 6 and set(blocks) >= {2, 3, 4, 5, 6}  # fewer only where BM25 has fewer hits
