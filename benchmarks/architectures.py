@@ -246,16 +246,17 @@ def cache_bytes(model_cfg, ctx):
 
 
 def run_cost(lengths_by_arch, threads):
-    """Training tokens/s and peak RSS (batch 1 x L, forward + backward), decode ms/token at
-    context L and cache bytes, per architecture and length, each measurement in its own
-    process (benchmarks.model's)."""
+    """Training tokens/s and peak RSS (forward + backward of rag_finetune's batch of L-token
+    sequences), decode ms/token at context L and cache bytes, per architecture and length, each
+    measurement in its own process (benchmarks.model's)."""
     from benchmarks.model import spawn_cfg
-    out = {"threads": threads, "torch": torch.__version__, "arch": {}}
+    batch = cell_params("T", 0.02, 0)["rag_finetune"]["batch_size"]
+    out = {"threads": threads, "torch": torch.__version__, "batch": batch, "arch": {}}
     for arch, lengths in lengths_by_arch.items():
         cfg = {**cell_params(arch, 0.02, 0)["model"], "sequence_len": max(lengths)}
         for L in lengths:
-            tr = spawn_cfg("train", cfg, L, "cpu", 3, threads)
-            de = spawn_cfg("decode", cfg, L, "cpu", 30, threads)
+            tr = spawn_cfg("train", cfg, L, "cpu", 5, threads, batch)
+            de = spawn_cfg("decode", cfg, L, "cpu", 60, threads)
             row = {"train_tokens_per_s": tr.get("tokens_per_s"), "train_peak_mem_mb": tr.get("peak_mem_mb"),
                    "decode_ms_per_token": de.get("ms_per_token"), "cache_bytes": cache_bytes(cfg, L)}
             out["arch"].setdefault(arch, {})[str(L)] = row
@@ -392,13 +393,14 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
     if cost:
         lines += ["", f"## Cost at those lengths (CPU, {cost['threads']} threads, torch {cost['torch']}; "
                   "`python -m benchmarks.architectures --cost`)", "",
-                  "Training is forward + backward of one sequence of L tokens; memory is the measuring process's "
+                  f"Training is forward + backward of {cost.get('batch', 1)} sequences of L tokens (the median of 5 "
+                  "steps); memory is the measuring process's "
                   "peak RSS (torch's own footprint included); decode is one token with a cache of L tokens; cache is "
                   "the inference cache of one sequence at L (fp32).", "",
                   "| arch | L | train tokens/s | vs T | peak MB | decode ms/token | vs T | cache KB |", "|---|---|---|---|---|---|---|---|"]
         ref = cost["arch"].get("T", {})
         for arch, rows in cost["arch"].items():
-            for L, r in rows.items():
+            for L, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
                 rt = ref.get(L, {})
                 vs = (r["train_tokens_per_s"] / rt["train_tokens_per_s"]) if rt.get("train_tokens_per_s") else None
                 vd = (r["decode_ms_per_token"] / rt["decode_ms_per_token"]) if rt.get("decode_ms_per_token") else None
@@ -462,7 +464,7 @@ def main():
         if args.cells:
             cells = [parse_cell(c) for c in args.cells]
         run_all(args.jobs, args.device, args.scale, args.root, cells)
-    cells = [c for c in load_cells(args.root) if "arch" in c]
+    cells = [c for c in load_cells(args.root) if "lr" in c]  # cost.json sits beside the cells
     if not cells:
         raise SystemExit(f"no finished cells in {args.root}; run `python -m benchmarks.architectures` first")
     if args.cost:

@@ -59,10 +59,10 @@ def peak_mem_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_train(cfg, L, device, iters):
+def run_train(cfg, L, device, iters, batch=1):
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    x = torch.randint(0, cfg.vocab_size, (1, L), device=device)
+    x = torch.randint(0, cfg.vocab_size, (batch, L), device=device)
     base_mem = peak_mem_mb(device)
 
     def step():
@@ -79,7 +79,7 @@ def run_train(cfg, L, device, iters):
         step()
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)  # a 2-core machine's steps vary by 30%; the median ignores the outliers
-    return {"tokens_per_s": L / dt, "s_per_step": dt, "step_times": times, "peak_mem_mb": peak_mem_mb(device),
+    return {"tokens_per_s": batch * L / dt, "s_per_step": dt, "step_times": times, "peak_mem_mb": peak_mem_mb(device),
             "mem_before_mb": base_mem}
 
 
@@ -107,7 +107,7 @@ def child(args):
     torch.set_num_threads(args.threads)
     cfg = GPTConfig.from_dict(json.loads(args.config))
     if args.mode == "train":
-        r = run_train(cfg, args.L, args.device, args.iters)
+        r = run_train(cfg, args.L, args.device, args.iters, args.batch)
     else:
         r = run_decode(cfg, args.L, args.device, args.iters)
     print("RESULT " + json.dumps(r))
@@ -117,10 +117,11 @@ def spawn(mode, name, n_embd, L, device, iters, threads):
     return spawn_cfg(mode, build_config(name, n_embd).to_dict(), L, device, iters, threads)
 
 
-def spawn_cfg(mode, cfg, L, device, iters, threads):
+def spawn_cfg(mode, cfg, L, device, iters, threads, batch=1):
     """One measurement of model config `cfg` (a GPTConfig dict) in its own process, so its peak
-    memory is its own. mode: train (tokens/s, peak memory) or decode (ms/token at context L)."""
-    cmd = [sys.executable, "-m", "benchmarks.model", "--child", mode, "--config", json.dumps(cfg),
+    memory is its own. mode: train (tokens/s and peak memory of batch x L) or decode (ms/token
+    at context L, one sequence)."""
+    cmd = [sys.executable, "-m", "benchmarks.model", "--child", mode, "--config", json.dumps(cfg), "--batch", str(batch),
            "--L", str(L), "--device", device, "--iters", str(iters), "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     for line in out.stdout.splitlines():
@@ -139,6 +140,7 @@ def main():
     ap.add_argument("--out", default=str(report_path("model")))
     ap.add_argument("--child", choices=["train", "decode"], dest="mode")
     ap.add_argument("--config", help="a GPTConfig as JSON (--child)")
+    ap.add_argument("--batch", type=int, default=1, help="sequences per training step (--child)")
     ap.add_argument("--L", type=int)
     ap.add_argument("--iters", type=int)
     args = ap.parse_args()
