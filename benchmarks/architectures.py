@@ -51,7 +51,7 @@ SELECT_KS = (1, 2, 4, 8)  # the trained range: what val chooses the learning rat
 FIXED_K = 4  # the fixed total context is this many full documents' tokens
 STAGES = ("pretrain", "midtrain", "rag_finetune")
 RESULTS = report_path("architectures").with_suffix("")  # benchmarks/results/architectures/
-PATHS = {"corpus": "data/corpus", "qa": "data/qa", "kb": "data/kb", "tokenizer": "checkpoints/tokenizer/tokenizer.json"}
+PATHS = {"corpus": "data/corpus", "qa": "data/qa", "kb": "data/kb"}  # dvc.yaml's outs of prepare_documents and build_kb
 
 
 def cell_name(arch, lr, seed):
@@ -109,13 +109,13 @@ def answer_blocks(model, tok, questions, blocks, batch_size, max_new_tokens=24):
     return preds, [len(p) for p in prompts]
 
 
-def evaluate_cell(model, tok, kb, pkb, questions, batch_size):
+def evaluate_cell(model, tok, kb, pkb, questions, batch_size, ks=KS):
     """EM, gold-document recall and prompt tokens at each k, and at the fixed total context."""
     from nanochat_core.metrics import exact_match, f1
     from nanochat_core.rag import retrieve
     qtext = [q["question"] for q in questions]
     gold = [set(q["gold_doc_ids"][-1]) for q in questions]
-    widest = retrieve(kb, qtext, max(KS), "bm25")
+    widest = retrieve(kb, qtext, max(ks), "bm25")
     out = {"n": len(questions), "k": {}}
 
     def summary(preds, lens, blocks):
@@ -124,7 +124,7 @@ def evaluate_cell(model, tok, kb, pkb, questions, batch_size):
                 "sample": [{"gold": q["answers"][0], "prediction": p} for p, q in list(zip(preds, questions))[:6]],
                 "gold_shown": sum(bool(g & {d["id"].split("#")[0] for d in b}) for g, b in zip(gold, blocks)) / len(questions),
                 "prompt_tokens": sum(lens) / len(lens), "docs": sum(len(b) for b in blocks) / len(blocks)}
-    for k in KS:
+    for k in ks:
         blocks = [w[:k] for w in widest]
         preds, lens = answer_blocks(model, tok, questions, blocks, batch_size)
         out["k"][str(k)] = summary(preds, lens, blocks)
@@ -144,7 +144,7 @@ def evaluate_cell(model, tok, kb, pkb, questions, batch_size):
     return out
 
 
-def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS):
+def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS, ks=KS):
     from nanochat_core import stages
     from nanochat_core.checkpoint import load_model
     from nanochat_core.retrieval import KnowledgeBase
@@ -156,7 +156,7 @@ def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS):
     params = cell_params(arch, lr, seed, device, scale)
     for key in ("corpus", "qa", "kb"):
         if not (REPO_ROOT / PATHS[key]).exists():
-            raise FileNotFoundError(f"{PATHS[key]} is missing; run `dvc repro pretrain` first (the study uses the pipeline's data)")
+            raise FileNotFoundError(f"{PATHS[key]} is missing; run `dvc repro build_kb` first (the study uses the pipeline's data)")
     t0 = time.time()
     tokdir = cell / "tokenizer"
     summaries = {"pretrain": stages.pretrain(params, REPO_ROOT / PATHS["corpus"], cell / "base", tokdir)}
@@ -178,7 +178,7 @@ def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS):
               "stages": {s: {k: summaries[s].get(k) for k in ("final_loss", "steps", "tokens", "seconds")} for s in STAGES}}
     for split in ("val", "test"):
         qs = [q for q in read_jsonl(REPO_ROOT / PATHS["qa"] / f"{split}.jsonl") if q["type"] == "single" and not q.get("known")]
-        result[split] = evaluate_cell(model, tok, kb, pkb, qs, params["evaluate"]["batch_size"])
+        result[split] = evaluate_cell(model, tok, kb, pkb, qs, params["evaluate"]["batch_size"], ks)
     result["seconds"] = time.time() - t0
     atomic_write_json(Path(root) / f"{name}.json", result)
     print(f"[study] {name}: test EM by k " + " ".join(f"{k}:{v['em']:.3f}" for k, v in result["test"]["k"].items())
@@ -202,7 +202,7 @@ def all_cells():
     return [(a, lr, s) for s in SEEDS for a in ARCHS for lr in LRS]
 
 
-def run_all(jobs, device, scale, root=RESULTS, cells=None):
+def run_all(jobs, device, scale, root=RESULTS, cells=None, ks=KS):
     """Every cell (or those in `cells`) not finished yet, `jobs` at a time, each in its own process."""
     todo = [c for c in (cells or all_cells()) if not (Path(root) / f"{cell_name(*c)}.json").exists()]
     Path(root).mkdir(parents=True, exist_ok=True)
@@ -212,10 +212,10 @@ def run_all(jobs, device, scale, root=RESULTS, cells=None):
     while todo or running:
         while todo and len(running) < jobs:
             a, lr, s = todo.pop(0)
-            log = open(Path(root) / f"{cell_name(a, lr, s)}.log", "w")
-            cmd = [sys.executable, "-m", "benchmarks.architectures", "--cell", a, str(lr), str(s),
-                   "--device", device, "--scale", str(scale), "--root", str(root)]
-            running.append(((a, lr, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)))
+            with open(Path(root) / f"{cell_name(a, lr, s)}.log", "w") as log:  # the child keeps its own handle
+                cmd = [sys.executable, "-m", "benchmarks.architectures", "--cell", a, str(lr), str(s),
+                       "--device", device, "--scale", str(scale), "--root", str(root), "--ks", *map(str, ks)]
+                running.append(((a, lr, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)))
         time.sleep(2)
         if time.time() - last > 60:  # progress: each running cell's latest log line
             last = time.time()
@@ -245,22 +245,37 @@ def cache_bytes(model_cfg, ctx):
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in layer.values())
 
 
-def run_cost(lengths_by_arch, threads):
+def run_cost(lengths_by_arch, threads, rounds=3):
     """Training tokens/s and peak RSS (forward + backward of rag_finetune's batch of L-token
     sequences), decode ms/token at context L and cache bytes, per architecture and length, each
-    measurement in its own process (benchmarks.model's)."""
+    measurement in its own process (benchmarks.model's). The architectures take turns, `rounds`
+    times, and each figure is the median of its rounds: a slow spell of the machine then hits
+    every architecture instead of one."""
+    import statistics
+
     from benchmarks.model import spawn_cfg
     batch = cell_params("T", 0.02, 0)["rag_finetune"]["batch_size"]
-    out = {"threads": threads, "torch": torch.__version__, "batch": batch, "arch": {}}
-    for arch, lengths in lengths_by_arch.items():
-        cfg = {**cell_params(arch, 0.02, 0)["model"], "sequence_len": max(lengths)}
-        for L in lengths:
-            tr = spawn_cfg("train", cfg, L, "cpu", 5, threads, batch)
-            de = spawn_cfg("decode", cfg, L, "cpu", 60, threads)
-            row = {"train_tokens_per_s": tr.get("tokens_per_s"), "train_peak_mem_mb": tr.get("peak_mem_mb"),
-                   "decode_ms_per_token": de.get("ms_per_token"), "cache_bytes": cache_bytes(cfg, L)}
-            out["arch"].setdefault(arch, {})[str(L)] = row
-            print(f"[cost] {arch:6s} L={L:5d} {row}", flush=True)
+    out = {"threads": threads, "torch": torch.__version__, "batch": batch, "rounds": rounds, "arch": {}}
+    runs = {}
+    for rnd in range(rounds):
+        for arch, lengths in lengths_by_arch.items():
+            cfg = {**cell_params(arch, 0.02, 0)["model"], "sequence_len": max(lengths)}
+            for L in lengths:
+                tr = spawn_cfg("train", cfg, L, "cpu", 5, threads, batch)
+                de = spawn_cfg("decode", cfg, L, "cpu", 60, threads)
+                runs.setdefault((arch, L), []).append((tr, de))
+                print(f"[cost] round {rnd + 1}/{rounds} {arch:9s} L={L:5d} train {tr.get('tokens_per_s', tr)} "
+                      f"decode {de.get('ms_per_token', de)}", flush=True)
+
+    def med(vals):
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+    for (arch, L), rs in runs.items():
+        cfg = cell_params(arch, 0.02, 0)["model"]
+        out["arch"].setdefault(arch, {})[str(L)] = {
+            "train_tokens_per_s": med([tr.get("tokens_per_s") for tr, _ in rs]),
+            "train_peak_mem_mb": med([tr.get("peak_mem_mb") for tr, _ in rs]),
+            "decode_ms_per_token": med([de.get("ms_per_token") for _, de in rs]), "cache_bytes": cache_bytes(cfg, L)}
     return out
 
 
@@ -307,7 +322,10 @@ def summarize(cells):
                        "prompt_tokens": sum(r["prompt_tokens"] for r in per_seed) / len(per_seed),
                        "docs": per_seed[0]["docs"]}
         curve = {k: rows[str(k)]["em"] for k in KS}
+        missing = [cell_name(arch, lr, sd) for lr in LRS for sd in SEEDS
+                   if not any(c["lr"] == lr and c["seed"] == sd for c in mine)]
         out[arch] = {"lr": best, "val_em_by_lr": val_mean, "seeds": [c["seed"] for c in chosen], "n_test": n,
+                     "missing_cells": missing, "lr_at_grid_edge": best in (min(LRS), max(LRS)),
                      "non_embedding_params": chosen[0]["non_embedding_params"], "model": chosen[0]["model"],
                      "device": chosen[0]["device"], "train_seconds": [c["train_seconds"] for c in chosen],
                      "test": rows, "k90": k90(curve),
@@ -320,30 +338,48 @@ def separated(a, b):
     return max(a) < min(b) or max(b) < min(a)
 
 
+def _k90_text(a):
+    return "none (EM 0 at k=1)" if a["k90"] is None else (f">={a['k90']}" if a["k90"] == max(KS) else str(a["k90"]))
+
+
+def _verdict(held, undecided=False):
+    return "undecided" if undecided else ("held" if held else "failed")
+
+
 def claims(s):
-    """The three pre-registered claims, each held or failed, with its figures (the hybrid claims
-    for each hybrid: TMTM, the pipeline's default, and TMMM)."""
+    """The three pre-registered claims, each held, failed or undecided (a k90 that is undefined,
+    or that the k grid cannot resolve), with its figures. The hybrid claims are judged for each
+    hybrid: TMTM, the pipeline's default, and TMMM."""
     out = []
     t = s.get("T")
+    top = max(KS)
     for name in HYBRIDS:
         if t is None or name not in s:
             continue
         h = s[name]
         pat = h["model"]["block_pattern"]
-        out.append({"claim": f"hybrid ({pat}) k90 >= Transformer k90", "held": (h["k90"] or 0) >= (t["k90"] or 0),
-                    "figures": f"{pat} {h['k90']} (seeds {h['k90_seeds']}), T {t['k90']} (seeds {t['k90_seeds']})"})
-        e16h, e16t = h["test"]["16"], t["test"]["16"]
-        out.append({"claim": f"hybrid ({pat}) held-out RAG EM at k=16 >= Transformer's", "held": e16h["em"] >= e16t["em"],
+        undecided = t["k90"] is None or h["k90"] is None or (t["k90"] == top and h["k90"] == top)
+        out.append({"claim": f"hybrid ({pat}) k90 >= Transformer k90",
+                    "verdict": _verdict(not undecided and h["k90"] >= t["k90"], undecided),
+                    "figures": f"{pat} {_k90_text(h)} (seeds {h['k90_seeds']}), T {_k90_text(t)} (seeds {t['k90_seeds']})"})
+        e16h, e16t = h["test"][str(top)], t["test"][str(top)]
+        out.append({"claim": f"hybrid ({pat}) held-out RAG EM at k={top} >= Transformer's", "verdict": _verdict(e16h["em"] >= e16t["em"]),
                     "figures": f"{pat} {e16h['em']:.3f} (seeds {_f(e16h['em_seeds'])}), T {e16t['em']:.3f} "
                                f"(seeds {_f(e16t['em_seeds'])}); beyond seed noise: "
                                f"{'yes' if separated(e16h['em_seeds'], e16t['em_seeds']) else 'no'}"})
     if t is not None and "M" in s:
         m = s["M"]
+        # M's k90 at the grid's top only bounds it from below: undecided if 3 x T's k90 lies past the grid.
+        undecided = t["k90"] is None or m["k90"] is None or (m["k90"] == top and 3 * t["k90"] > top)
         out.append({"claim": "pure Mamba k90 >= 3 x Transformer k90 (the seeds' claim)",
-                    "held": (m["k90"] or 0) >= 3 * (t["k90"] or 0),
-                    "figures": f"M {m['k90']} (seeds {m['k90_seeds']}; EM at k=1 {m['test']['1']['em']:.3f}), "
-                               f"T {t['k90']} (seeds {t['k90_seeds']})"})
+                    "verdict": _verdict(not undecided and m["k90"] >= 3 * t["k90"], undecided),
+                    "figures": f"M {_k90_text(m)} (seeds {m['k90_seeds']}; EM at k=1 {m['test']['1']['em']:.3f}), "
+                               f"T {_k90_text(t)} (seeds {t['k90_seeds']}; EM at k=1 {t['test']['1']['em']:.3f})"})
     return out
+
+
+def _n(x, fmt):
+    return "n/a" if x is None else format(x, fmt)
 
 
 def _f(xs):
@@ -354,13 +390,22 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
     s = summarize(cells)
     cl = claims(s)
     lines = ["# Table 2: architectures at equal parameters and training tokens", "",
-             f"`python -m benchmarks.architectures` at {commit}; {len(cells)} cells "
+             f"`python -m benchmarks.architectures` at {commit}; {len(cells)} of {len(all_cells())} cells "
              f"({len(ARCHS)} architectures x {len(LRS)} matrix learning rates x {len(SEEDS)} seeds), trained on "
-             f"{', '.join(sorted({c['device'] for c in cells}))}. Each cell: params.yaml's pretrain -> midtrain -> "
+             + ", ".join(f"{d} ({sum(c['device'] == d for c in cells)})" for d in sorted({c["device"] for c in cells}))
+             + ". Each cell: params.yaml's pretrain -> midtrain -> "
              "rag_finetune with k drawn from 1-8 documents; held-out single-hop RAG EM (BM25 top-k) on every test "
              "question; the learning rate is each architecture's best on val (mean EM over k = 1, 2, 4, 8 and both "
-             "seeds). EM is the mean of the two seeds, with each seed's EM and the 95% Wilson interval of the "
-             "pooled answers.", "",
+             "seeds). EM is the mean of the two seeds, then each seed's EM, then a 95% Wilson interval over the two "
+             "seeds' answers pooled (it counts 2 x n answers as independent, so it is narrower than one that "
+             "allowed for seed variance: compare the seeds themselves).", ""]
+    for arch, a in s.items():
+        if a["missing_cells"]:
+            lines.append(f"- **{arch}: {len(a['missing_cells'])} cells missing** ({', '.join(a['missing_cells'])}): its "
+                         "learning rate was chosen among the others.")
+        if a["lr_at_grid_edge"]:
+            lines.append(f"- {arch} chose {a['lr']:g}, an edge of the grid {list(LRS)}: a rate beyond it might do better.")
+    lines += ["",
              "| arch | pattern | width | non-emb. params | lr (val EM by lr) | " + " | ".join(f"EM k={k}" for k in KS)
              + " | k90 (seeds) |", "|" + "---|" * (6 + len(KS))]
     for arch, a in s.items():
@@ -370,7 +415,7 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
                      f"**{a['lr']:g}** ({lrs}) | "
                      + " | ".join(f"{t[str(k)]['em']:.3f} ({_f(t[str(k)]['em_seeds'])}) [{t[str(k)]['em_lo']:.2f}, "
                                   f"{t[str(k)]['em_hi']:.2f}]" for k in KS)
-                     + f" | **{a['k90']}** ({', '.join(map(str, a['k90_seeds']))}) |")
+                     + f" | **{_k90_text(a)}** ({', '.join(map(str, a['k90_seeds']))}) |")
     any_arch = next(iter(s.values()), None)
     if any_arch:
         t = any_arch["test"]
@@ -389,12 +434,13 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
             lines.append(f"| {arch} | {f4['em']:.3f} ({_f(f4['em_seeds'])}) | {fp['em']:.3f} ({_f(fp['em_seeds'])}) "
                          f"[{fp['em_lo']:.2f}, {fp['em_hi']:.2f}] |")
     lines += ["", "## The pre-registered claims", ""]
-    lines += [f"- **{c['claim']}: {'held' if c['held'] else 'failed'}.** {c['figures']}." for c in cl]
+    lines += [f"- **{c['claim']}: {c['verdict']}.** {c['figures']}." for c in cl]
     if cost:
         lines += ["", f"## Cost at those lengths (CPU, {cost['threads']} threads, torch {cost['torch']}; "
                   "`python -m benchmarks.architectures --cost`)", "",
                   f"Training is forward + backward of {cost.get('batch', 1)} sequences of L tokens (the median of 5 "
-                  "steps); memory is the measuring process's "
+                  f"steps; each figure the median of {cost.get('rounds', 1)} rounds in which the architectures take "
+                  "turns); memory is the measuring process's "
                   "peak RSS (torch's own footprint included); decode is one token with a cache of L tokens; cache is "
                   "the inference cache of one sequence at L (fp32).", "",
                   "| arch | L | train tokens/s | vs T | peak MB | decode ms/token | vs T | cache KB |", "|---|---|---|---|---|---|---|---|"]
@@ -404,8 +450,9 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
                 rt = ref.get(L, {})
                 vs = (r["train_tokens_per_s"] / rt["train_tokens_per_s"]) if rt.get("train_tokens_per_s") else None
                 vd = (r["decode_ms_per_token"] / rt["decode_ms_per_token"]) if rt.get("decode_ms_per_token") else None
-                lines.append(f"| {arch} | {L} | {r['train_tokens_per_s']:,.0f} | {vs:.2f} | {r['train_peak_mem_mb']:.0f} | "
-                             f"{r['decode_ms_per_token']:.2f} | {vd:.2f} | {r['cache_bytes'] / 1024:.1f} |")
+                lines.append(f"| {arch} | {L} | {_n(r['train_tokens_per_s'], ',.0f')} | {_n(vs, '.2f')} | "
+                             f"{_n(r['train_peak_mem_mb'], '.0f')} | {_n(r['decode_ms_per_token'], '.2f')} | {_n(vd, '.2f')} | "
+                             f"{r['cache_bytes'] / 1024:.1f} |")
     lines += ["", "![EM against k](plots/docs_in_context.png)", ""]
     atomic_write_text(md_path, "\n".join(lines))
     atomic_write_json(json_path, {"commit": commit, "summary": s, "claims": cl, "cost": cost,
@@ -453,17 +500,23 @@ def main():
     ap.add_argument("--cost", action="store_true", help="measure CPU cost at the lengths each k needs")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--report", action="store_true", help="only write the report from the cells there")
+    ap.add_argument("--ks", type=int, nargs="+", default=list(KS), help="k values to evaluate (Table 2 uses 1 2 4 8 16)")
+    ap.add_argument("--reports", default=str(REPO_ROOT / "reports"), help="where architectures.{md,json} and plots/ go")
     args = ap.parse_args()
     if args.cell:
         a, lr, s = args.cell
-        run_cell(a, float(lr), int(s), args.device, args.scale, args.root)
+        run_cell(a, float(lr), int(s), args.device, args.scale, args.root, tuple(args.ks))
         return
     cost_path = Path(args.root) / "cost.json"
+    if not args.report and not args.cost and not all((REPO_ROOT / p).exists() for p in PATHS.values()):
+        # A fresh clone: make the pipeline's documents, questions and KB first (two quick stages).
+        print("[study] no pipeline data yet: running `dvc repro build_kb`", flush=True)
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "build_kb"], cwd=REPO_ROOT, check=True)
     if not args.report and not args.cost:
         cells = None
         if args.cells:
             cells = [parse_cell(c) for c in args.cells]
-        run_all(args.jobs, args.device, args.scale, args.root, cells)
+        run_all(args.jobs, args.device, args.scale, args.root, cells, tuple(args.ks))
     cells = [c for c in load_cells(args.root) if "lr" in c]  # cost.json sits beside the cells
     if not cells:
         raise SystemExit(f"no finished cells in {args.root}; run `python -m benchmarks.architectures` first")
@@ -473,11 +526,12 @@ def main():
         atomic_write_json(cost_path, run_cost(lengths, args.threads))
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else None
     from nanochat_core.common import git_commit
-    s, cl = write_report(cells, cost, git_commit()[:7], REPO_ROOT / "reports" / "architectures.md",
-                         REPO_ROOT / "reports" / "architectures.json", REPO_ROOT / "reports" / "plots" / "docs_in_context.png")
+    out = Path(args.reports)
+    s, cl = write_report(cells, cost, git_commit()[:7], out / "architectures.md", out / "architectures.json",
+                         out / "plots" / "docs_in_context.png")
     for c in cl:
-        print(f"{c['claim']}: {'held' if c['held'] else 'failed'} ({c['figures']})")
-    print("wrote reports/architectures.md, reports/architectures.json, reports/plots/docs_in_context.png")
+        print(f"{c['claim']}: {c['verdict']} ({c['figures']})")
+    print(f"wrote {out}/architectures.md, {out}/architectures.json, {out}/plots/docs_in_context.png")
 
 
 if __name__ == "__main__":

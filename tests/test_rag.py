@@ -290,10 +290,16 @@ def test_a_k_range_draws_every_block_size_and_a_fixed_k_draws_nothing():
     gold = [{d["id"]} for d in kb.docs[:200]]
     sizes = [len(b) for b in rag.retrieved_blocks(kb, qs, gold, 8, "bm25", 0.0, random.Random(0), k_min=1)]
     assert set(sizes) == set(range(1, 9))
-    fixed_rng, plain_rng = random.Random(1), random.Random(1)
+    assert all(2 <= rag.draw_k(8, 2, random.Random(i)) <= 8 for i in range(200))
+    # A fixed k draws exactly what the code before k_min drew: one abstain draw per question.
+    fixed_rng, old_rng = random.Random(1), random.Random(1)
     fixed = rag.retrieved_blocks(kb, qs, gold, 3, "bm25", 0.2, fixed_rng, k_min=0)
-    plain = rag.retrieved_blocks(kb, qs, gold, 3, "bm25", 0.2, plain_rng)
-    assert fixed == plain and fixed_rng.random() == plain_rng.random()
+    old = []
+    for hits, g in zip(rag.retrieve(kb, qs, 3 + 3, "bm25"), gold):
+        if old_rng.random() < 0.2:
+            hits = [d for d in hits if d["id"] not in g]
+        old.append(hits[:3])
+    assert fixed == old and fixed_rng.random() == old_rng.random()
     assert rag.draw_k(3, 0, None) == rag.draw_k(3, 3, None) == 3  # no rng is touched
     p = {**DEFAULTS["rag_finetune"], "seed": 1, "drills": 200, "drill_people": 100, "k": 6, "k_min": 2}
     blocks = [len(c[1]["documents"]) for c in stages.rag_conversations(p, [], kb)]
