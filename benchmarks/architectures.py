@@ -295,10 +295,15 @@ def k90(ems):
     return max(ok) if ok else None
 
 
+def grid(cells):
+    """The k values every cell was evaluated at (KS, or more with --ks)."""
+    return sorted(set.intersection(*[{int(k) for k in c["test"]["k"]} for c in cells])) if cells else list(KS)
+
+
 def summarize(cells):
     """Per architecture: the learning rate val chose, and that rate's test figures for each seed."""
     from nanochat_core.metrics import wilson_interval
-    out = {}
+    out, ks = {}, grid(cells)
     for arch in ARCHS:
         mine = [c for c in cells if c["arch"] == arch]
         if not mine:
@@ -311,7 +316,7 @@ def summarize(cells):
         chosen = sorted((c for c in mine if c["lr"] == best), key=lambda c: c["seed"])
         n = chosen[0]["test"]["n"]
         rows = {}
-        for k in [str(k) for k in KS] + ["fixed_context"]:
+        for k in [str(k) for k in ks] + ["fixed_context"]:
             per_seed = [(c["test"]["k"][k] if k != "fixed_context" else c["test"]["fixed_context"]) for c in chosen]
             ems = [r["em"] for r in per_seed]
             hits = round(sum(e * n for e in ems))
@@ -321,7 +326,7 @@ def summarize(cells):
                        "gold_shown": sum(r["gold_shown"] for r in per_seed) / len(per_seed),
                        "prompt_tokens": sum(r["prompt_tokens"] for r in per_seed) / len(per_seed),
                        "docs": per_seed[0]["docs"]}
-        curve = {k: rows[str(k)]["em"] for k in KS}
+        curve = {k: rows[str(k)]["em"] for k in ks}
         missing = [cell_name(arch, lr, sd) for lr in LRS for sd in SEEDS
                    if not any(c["lr"] == lr and c["seed"] == sd for c in mine)]
         out[arch] = {"lr": best, "val_em_by_lr": val_mean, "seeds": [c["seed"] for c in chosen], "n_test": n,
@@ -329,7 +334,7 @@ def summarize(cells):
                      "non_embedding_params": chosen[0]["non_embedding_params"], "model": chosen[0]["model"],
                      "device": chosen[0]["device"], "train_seconds": [c["train_seconds"] for c in chosen],
                      "test": rows, "k90": k90(curve),
-                     "k90_seeds": [k90({k: c["test"]["k"][str(k)]["em"] for k in KS}) for c in chosen]}
+                     "k90_seeds": [k90({k: c["test"]["k"][str(k)]["em"] for k in ks}) for c in chosen], "ks": ks}
     return out
 
 
@@ -339,7 +344,7 @@ def separated(a, b):
 
 
 def _k90_text(a):
-    return "none (EM 0 at k=1)" if a["k90"] is None else (f">={a['k90']}" if a["k90"] == max(KS) else str(a["k90"]))
+    return "none (EM 0 at k=1)" if a["k90"] is None else (f">={a['k90']}" if a["k90"] == max(a["ks"]) else str(a["k90"]))
 
 
 def _verdict(held, undecided=False):
@@ -352,7 +357,7 @@ def claims(s):
     hybrid: TMTM, the pipeline's default, and TMMM."""
     out = []
     t = s.get("T")
-    top = max(KS)
+    top = max(next(iter(s.values()))["ks"]) if s else max(KS)
     for name in HYBRIDS:
         if t is None or name not in s:
             continue
@@ -388,6 +393,7 @@ def _f(xs):
 
 def write_report(cells, cost, commit, md_path, json_path, plot_path):
     s = summarize(cells)
+    KS = grid(cells)  # noqa: N806 (the columns: Table 2's k values, or the longer grid of --ks)
     cl = claims(s)
     lines = ["# Table 2: architectures at equal parameters and training tokens", "",
              f"`python -m benchmarks.architectures` at {commit}; {len(cells)} of {len(all_cells())} cells "
@@ -463,6 +469,7 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
 
 
 def plot(s, path):
+    KS = next(iter(s.values()))["ks"] if s else list(globals()["KS"])  # noqa: N806
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -475,7 +482,7 @@ def plot(s, path):
         if ems[0]:
             axes[1].plot(KS, [e / ems[0] for e in ems], marker="o", color=line.get_color(), label=arch)
     axes[1].axhline(0.9, color="gray", linestyle="--", linewidth=1)
-    axes[0].axvspan(8, 16, color="gray", alpha=0.1)
+    axes[0].axvspan(8, max(KS), color="gray", alpha=0.1)
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(KS, [str(k) for k in KS])
