@@ -51,7 +51,12 @@ SELECT_KS = (1, 2, 4, 8)  # the trained range: what val chooses the learning rat
 FIXED_K = 4  # the fixed total context is this many full documents' tokens
 STAGES = ("pretrain", "midtrain", "rag_finetune")
 RESULTS = report_path("architectures").with_suffix("")  # benchmarks/results/architectures/
-PATHS = {"corpus": "data/corpus", "qa": "data/qa", "kb": "data/kb"}  # dvc.yaml's outs of prepare_documents and build_kb
+def pipeline_paths():
+    """The pipeline's corpus, QA splits and KB, as dvc.yaml names them (the one place a path is written)."""
+    from nanochat_core import dvcfile
+    stages = dvcfile.load(REPO_ROOT / "dvc.yaml")
+    prep, kb = dvcfile.stage_paths("prepare_documents", stages), dvcfile.stage_paths("build_kb", stages)
+    return {"corpus": REPO_ROOT / prep["corpus"], "qa": REPO_ROOT / prep["qa"], "kb": REPO_ROOT / kb["kb"]}
 
 
 def cell_name(arch, lr, seed):
@@ -154,15 +159,16 @@ def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS, ks=KS):
     name = cell_name(arch, lr, seed)
     cell = Path(root) / name
     params = cell_params(arch, lr, seed, device, scale)
-    for key in ("corpus", "qa", "kb"):
-        if not (REPO_ROOT / PATHS[key]).exists():
-            raise FileNotFoundError(f"{PATHS[key]} is missing; run `dvc repro build_kb` first (the study uses the pipeline's data)")
+    paths = pipeline_paths()
+    for path in paths.values():
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; run `dvc repro build_kb` first (the study uses the pipeline's data)")
     t0 = time.time()
     tokdir = cell / "tokenizer"
-    summaries = {"pretrain": stages.pretrain(params, REPO_ROOT / PATHS["corpus"], cell / "base", tokdir)}
+    summaries = {"pretrain": stages.pretrain(params, paths["corpus"], cell / "base", tokdir)}
     tokpath = tokdir / "tokenizer.json"
-    qa_train = read_jsonl(REPO_ROOT / PATHS["qa"] / "train.jsonl")
-    kb = KnowledgeBase.load(REPO_ROOT / PATHS["kb"])
+    qa_train = read_jsonl(paths["qa"] / "train.jsonl")
+    kb = KnowledgeBase.load(paths["kb"])
     mid = stages.midtrain_conversations(params["midtrain"], qa_train, kb)
     summaries["midtrain"] = stages.finetune("midtrain", params, mid, cell / "base", cell / "mid", tokpath)
     rag = stages.rag_conversations(params["rag_finetune"], qa_train, kb)
@@ -177,7 +183,7 @@ def run_cell(arch, lr, seed, device="auto", scale=1.0, root=RESULTS, ks=KS):
               "train_seconds": t_train,
               "stages": {s: {k: summaries[s].get(k) for k in ("final_loss", "steps", "tokens", "seconds")} for s in STAGES}}
     for split in ("val", "test"):
-        qs = [q for q in read_jsonl(REPO_ROOT / PATHS["qa"] / f"{split}.jsonl") if q["type"] == "single" and not q.get("known")]
+        qs = [q for q in read_jsonl(paths["qa"] / f"{split}.jsonl") if q["type"] == "single" and not q.get("known")]
         result[split] = evaluate_cell(model, tok, kb, pkb, qs, params["evaluate"]["batch_size"], ks)
     result["seconds"] = time.time() - t0
     atomic_write_json(Path(root) / f"{name}.json", result)
@@ -515,7 +521,7 @@ def main():
         run_cell(a, float(lr), int(s), args.device, args.scale, args.root, tuple(args.ks))
         return
     cost_path = Path(args.root) / "cost.json"
-    if not args.report and not args.cost and not all((REPO_ROOT / p).exists() for p in PATHS.values()):
+    if not args.report and not args.cost and not all(p.exists() for p in pipeline_paths().values()):
         # A fresh clone: make the pipeline's documents, questions and KB first (two quick stages).
         print("[study] no pipeline data yet: running `dvc repro build_kb`", flush=True)
         subprocess.run([sys.executable, "-m", "dvc", "repro", "build_kb"], cwd=REPO_ROOT, check=True)

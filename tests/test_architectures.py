@@ -45,7 +45,7 @@ def test_k90(curve, expected):
 def _arch(pattern, k90s, em16s):
     test = {str(k): {"em": 0.5, "em_seeds": [0.5, 0.5]} for k in S.KS}
     test["16"] = {"em": sum(em16s) / 2, "em_seeds": em16s}
-    return {"model": {"block_pattern": pattern}, "k90": min(k90s), "k90_seeds": k90s, "test": test}
+    return {"model": {"block_pattern": pattern}, "k90": min(k90s), "k90_seeds": k90s, "test": test, "ks": list(S.KS)}
 
 
 def test_claims_are_judged_as_preregistered():
