@@ -1,12 +1,13 @@
-"""The architecture study (Table 2): T-only, M-only (Mamba-2) and the TMTM hybrid at equal
-non-embedding parameters (within 5%), equal training tokens and their own best learning rate,
-asked how many retrieved documents each can read.
+"""The architecture study (Table 2): T-only, M-only (Mamba-2) and two hybrids (TMTM, the
+pipeline's, and TMMM) at equal non-embedding parameters (within 5%), equal training tokens and
+their own best learning rate, asked how many retrieved documents each can read.
 
-    python -m benchmarks.architectures --jobs 18        # train and evaluate every cell, then report
+    python -m benchmarks.architectures --jobs 18 --device cuda  # train and evaluate every cell, then report
     python -m benchmarks.architectures --cost           # CPU cost at the lengths each k needs, then report
     python -m benchmarks.architectures --report         # reports/architectures.{md,json}, plots/docs_in_context.png
 
-It runs on the pipeline's own data and tokenizer (`dvc repro pretrain` first). A cell is one
+It runs on the pipeline's own data (made with `dvc repro build_kb` when missing); each cell
+trains its tokenizer as pretrain does. A cell is one
 architecture x matrix learning rate x seed through the pipeline's own stage functions with
 params.yaml's schedule: pretrain -> midtrain -> rag_finetune, where rag_finetune shows k drawn
 from 1-8 documents (`k_min: 1, k: 8`). Then held-out single-hop RAG EM at k = 1, 2, 4, 8, 16
