@@ -237,3 +237,16 @@ def test_scifact_dense_and_hybrid_reach_published(scifact):
     b, d, h = ndcg(bm25), ndcg(dense), ndcg(HybridRetriever({"bm25": bm25, "dense": dense}))
     assert d >= 0.640  # published 0.645
     assert h >= max(b, d)
+
+
+def test_bm25_keeps_jax_off_the_gpu_unless_the_user_chose(monkeypatch):
+    """Importing bm25s starts JAX when it is installed, and JAX then takes 75% of a CUDA GPU per
+    process; the BM25 retriever pins JAX to the CPU first, but never overrides a user's choice."""
+    from nanochat_core.retrieval import bm25
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    bm25._bm25s()
+    import os
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    bm25._bm25s()
+    assert os.environ["JAX_PLATFORMS"] == "cuda"
