@@ -15,7 +15,8 @@ from nanochat_core.common import REPO_ROOT
 PIPELINE_PATH = re.compile(r"^(\./)?(data|checkpoints|reports)/")
 # The only variables the core may read: running offline with telemetry off, and thread counts.
 ALLOWED_ENV = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED",
-               "DO_NOT_TRACK", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+               "DO_NOT_TRACK", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+               "JAX_PLATFORMS"}  # third-party libraries' own switches (JAX: kept off the GPU by retrieval/bm25.py)
 
 
 def _python_files():
