@@ -400,7 +400,7 @@ def _f(xs):
 
 def write_report(cells, cost, commit, md_path, json_path, plot_path):
     s = summarize(cells)
-    KS = grid(cells)  # noqa: N806 (the columns: Table 2's k values, or the longer grid of --ks)
+    ks = grid(cells)  # the columns: Table 2's k values, or the longer grid of --ks
     cl = claims(s)
     lines = ["# Table 2: architectures at equal parameters and training tokens", "",
              f"`python -m benchmarks.architectures` at {commit}; {len(cells)} of {len(all_cells())} cells "
@@ -419,24 +419,24 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
         if a["lr_at_grid_edge"]:
             lines.append(f"- {arch} chose {a['lr']:g}, an edge of the grid {list(LRS)}: a rate beyond it might do better.")
     lines += ["",
-             "| arch | pattern | width | non-emb. params | lr (val EM by lr) | " + " | ".join(f"EM k={k}" for k in KS)
-             + " | k90 (seeds) |", "|" + "---|" * (6 + len(KS))]
+             "| arch | pattern | width | non-emb. params | lr (val EM by lr) | " + " | ".join(f"EM k={k}" for k in ks)
+             + " | k90 (seeds) |", "|" + "---|" * (6 + len(ks))]
     for arch, a in s.items():
         t = a["test"]
         lrs = ", ".join(f"{lr:g}: {v:.3f}" for lr, v in sorted(a["val_em_by_lr"].items()))
         lines.append(f"| {arch} | {a['model']['block_pattern']} | {a['model']['n_embd']} | {a['non_embedding_params']:,} | "
                      f"**{a['lr']:g}** ({lrs}) | "
                      + " | ".join(f"{t[str(k)]['em']:.3f} ({_f(t[str(k)]['em_seeds'])}) [{t[str(k)]['em_lo']:.2f}, "
-                                  f"{t[str(k)]['em_hi']:.2f}]" for k in KS)
+                                  f"{t[str(k)]['em_hi']:.2f}]" for k in ks)
                      + f" | **{_k90_text(a)}** ({', '.join(map(str, a['k90_seeds']))}) |")
     any_arch = next(iter(s.values()), None)
     if any_arch:
         t = any_arch["test"]
         lines += ["", "Context each k needs (mean prompt tokens, the same documents for every architecture) and how "
                   "often BM25's top-k holds the gold document:", "",
-                  "| k | " + " | ".join(str(k) for k in KS) + " |", "|---|" + "---|" * len(KS),
-                  "| prompt tokens | " + " | ".join(f"{t[str(k)]['prompt_tokens']:.0f}" for k in KS) + " |",
-                  "| gold shown | " + " | ".join(f"{t[str(k)]['gold_shown']:.3f}" for k in KS) + " |"]
+                  "| k | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---|" * len(ks),
+                  "| prompt tokens | " + " | ".join(f"{t[str(k)]['prompt_tokens']:.0f}" for k in ks) + " |",
+                  "| gold shown | " + " | ".join(f"{t[str(k)]['gold_shown']:.3f}" for k in ks) + " |"]
         fc = t["fixed_context"]
         lines += ["", f"**Fixed total context** (the tokens of the top-{FIXED_K} documents, about "
                   f"{t[str(FIXED_K)]['prompt_tokens']:.0f} prompt tokens, filled instead with one-sentence passages: "
@@ -476,23 +476,23 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
 
 
 def plot(s, path):
-    KS = next(iter(s.values()))["ks"] if s else list(globals()["KS"])  # noqa: N806
+    ks = next(iter(s.values()))["ks"] if s else list(KS)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for arch, a in s.items():
-        ems = [a["test"][str(k)]["em"] for k in KS]
-        line, = axes[0].plot(KS, ems, marker="o", label=f"{arch} ({a['model']['block_pattern']}, lr {a['lr']:g})")
+        ems = [a["test"][str(k)]["em"] for k in ks]
+        line, = axes[0].plot(ks, ems, marker="o", label=f"{arch} ({a['model']['block_pattern']}, lr {a['lr']:g})")
         for i in range(len(a["seeds"])):
-            axes[0].scatter(KS, [a["test"][str(k)]["em_seeds"][i] for k in KS], color=line.get_color(), s=10, alpha=0.5)
+            axes[0].scatter(ks, [a["test"][str(k)]["em_seeds"][i] for k in ks], color=line.get_color(), s=10, alpha=0.5)
         if ems[0]:
-            axes[1].plot(KS, [e / ems[0] for e in ems], marker="o", color=line.get_color(), label=arch)
+            axes[1].plot(ks, [e / ems[0] for e in ems], marker="o", color=line.get_color(), label=arch)
     axes[1].axhline(0.9, color="gray", linestyle="--", linewidth=1)
-    axes[0].axvspan(8, max(KS), color="gray", alpha=0.1)
+    axes[0].axvspan(8, max(ks), color="gray", alpha=0.1)
     for ax in axes:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(KS, [str(k) for k in KS])
+        ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("documents in context (k); shaded: past training (1-8)")
     axes[0].set_ylabel("held-out single-hop RAG EM (test)")
     axes[1].set_ylabel("EM / EM at k=1 (dashed: k90 line)")

@@ -97,6 +97,12 @@ def segsum(x):
 _FACTOR_MAX = 40.0
 
 
+def _quadratic_decay(A_cum, causal):
+    """exp(A_cum_l - A_cum_s) for s <= l, else 0: a difference of in-chunk cumsums (as mamba_ssm's
+    kernels do), masked before the exp so the upper triangle is exp(-inf) = 0, not an overflow."""
+    return torch.exp((A_cum[..., :, None] - A_cum[..., None, :]).masked_fill_(~causal, float("-inf")))
+
+
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None):
     """Mamba-2 state-space duality scan. x: (b, l, h, p); dt: (b, l, h); A: (h,);
     B, C: (b, l, g, n); initial_state: (b, h, p, n). Returns y (b, l, h, p), final state.
@@ -124,27 +130,22 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, initial_state=None):
     # 122 ms). A_cum falls along the chunk, so exp(-A_cum) <= exp(_FACTOR_MAX) cannot
     # overflow, and for each l the s = l term has the largest weight (no cancellation). The other
     # heads (fast decays) keep the quadratic form. One group only: heads are then free to split.
-    fast = (-A_cum[..., -1]).amax(dim=(0, 1)) >= _FACTOR_MAX if g == 1 else torch.ones(h, dtype=torch.bool, device=x.device)
-    y_diag = X.new_empty(b, nc, h, cs, p)
-    if not bool(fast.all()):
-        slow = (~fast).nonzero()[:, 0]
-        Ac = A_cum[:, :, slow]  # (b, c, hs, l)
-        hs = len(slow)
-        Xs = (X[:, :, slow] * torch.exp(-Ac)[..., None]).transpose(2, 3).reshape(b, nc, 1, cs, hs * p)
-        Y = CB.masked_fill(~causal, 0.0) @ Xs  # (b, c, 1, l, hs*p)
-        y_diag[:, :, slow] = Y.view(b, nc, cs, hs, p).transpose(2, 3) * torch.exp(Ac)[..., None]
-    if bool(fast.any()):
-        # The quadratic form: a difference of in-chunk cumsums (as mamba_ssm's kernels do), masked to
-        # s <= l before the exp so the upper triangle is exp(-inf) = 0 rather than an overflow.
-        if g == 1:
+    if g == 1:
+        fast = (-A_cum[..., -1]).amax(dim=(0, 1)) >= _FACTOR_MAX  # (h,)
+        y_diag = X.new_empty(b, nc, h, cs, p)
+        if not bool(fast.all()):
+            slow = (~fast).nonzero()[:, 0]
+            Ac = A_cum[:, :, slow]  # (b, c, hs, l)
+            hs = len(slow)
+            Xs = (X[:, :, slow] * torch.exp(-Ac)[..., None]).transpose(2, 3).reshape(b, nc, 1, cs, hs * p)
+            Y = CB.masked_fill(~causal, 0.0) @ Xs  # (b, c, 1, l, hs*p)
+            y_diag[:, :, slow] = Y.view(b, nc, cs, hs, p).transpose(2, 3) * torch.exp(Ac)[..., None]
+        if bool(fast.any()):
             idx = fast.nonzero()[:, 0]
-            Ac, Xf = A_cum[:, :, idx], X[:, :, idx]
-            decay = torch.exp((Ac[..., :, None] - Ac[..., None, :]).masked_fill_(~causal, float("-inf")))  # (b, c, hf, l, s)
-            y_diag[:, :, idx] = (decay * CB) @ Xf
-        else:
-            decay = torch.exp((A_cum[..., :, None] - A_cum[..., None, :]).masked_fill_(~causal, float("-inf")))
-            M = (decay.view(b, nc, g, r, cs, cs) * CB[:, :, :, None]).view(b, nc, h, cs, cs)
-            y_diag = M @ X  # (b, c, h, l, p)
+            y_diag[:, :, idx] = (_quadratic_decay(A_cum[:, :, idx], causal) * CB) @ X[:, :, idx]
+    else:
+        decay = _quadratic_decay(A_cum, causal)  # (b, c, h, l, s)
+        y_diag = (decay.view(b, nc, g, r, cs, cs) * CB[:, :, :, None]).view(b, nc, h, cs, cs) @ X  # (b, c, h, l, p)
     # 2) each chunk's own final state (from zero): sum_l exp(A_cum_end - A_cum_l) X_l B_l^T, with the
     # r heads of a group stacked as rows so B is shared without a per-head copy
     Xd = X * torch.exp(A_cum[..., -1:] - A_cum)[..., None]  # (b, c, h, l, p)
