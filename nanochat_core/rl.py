@@ -36,7 +36,10 @@ def reward(q, r, w):
                    the last block, one of which contains the answer
       unsupported  -w["unsupported"] when the answer (not an abstention) is in no shown document
       format       -w["format"] for no answer, an unclosed answer (out of tokens), or an empty
-                   or repeated search query (hop 1's query is the question itself)"""
+                   or repeated search query (hop 1's query is the question itself)
+      retrieval    +w["retrieval"] when the blocks held every gold document of the question
+                   (its chain's, up to the missing fact on an unanswerable one): the searches
+                   found what the answer needs, whatever the reader then made of it"""
     pred = r["prediction"]
     abstained = is_abstain(pred, ABSTAIN)
     em = exact_match(pred, q["answers"])  # an unanswerable question's gold answer is ABSTAIN itself
@@ -49,9 +52,12 @@ def reward(q, r, w):
     queries = [normalize_answer(x) for x in r["queries"]]
     bad_query = any(not x for x in queries[1:]) or len(set(queries)) < len(queries)
     fmt = float(not pred or not r["finished"] or bad_query)
-    total = w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["format"] * fmt
+    gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
+    found = float(bool(gold) and gold <= {d["id"] for d in shown})
+    total = (w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["format"] * fmt
+             + w.get("retrieval", 0.0) * found)
     return {"reward": total, "em": em, "citation": cite, "unsupported": unsupported, "format": fmt,
-            "bad_query": float(bad_query)}
+            "retrieval": found, "bad_query": float(bad_query)}
 
 
 def _all_sum(t):
@@ -105,13 +111,15 @@ def _fmt(v):
     return f"{v['all']:.3f} (" + ", ".join(f"{t} {x:.2f}" for t, x in v.items() if t != "all") + ")"
 
 
-def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None, device="cpu"):
+def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None, device="cpu", drills=None):
     """p: the refrag_finetune section (its rl_* keys and k/retriever/max_hops). Trains `model`
     in place, saves the best step by val EM to out_dir (step 0, the warm-up itself, competes
-    too) and loads those weights back into `model`. Returns a summary with the history."""
+    too) and loads those weights back into `model`. Returns a summary with the history.
+    drills: (questions, their KB), from which a p["rl_drill_frac"] share of each step's
+    questions is drawn (the rest from train_qs over kb)."""
     log = log or (lambda metrics, step: None)
     w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
-         "format": p["rl_penalty_format"]}
+         "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
     scale = p["rl_lr_frac"]
     opts = model.setup_optimizers(p["matrix_lr"] * scale, p["embedding_lr"] * scale, p["unembedding_lr"] * scale,
@@ -143,12 +151,19 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     t0 = time.time()
     model.train()
     for step in range(1, total + 1):
-        qs = [train_qs[rng.randrange(len(train_qs))] for _ in range(Q)]  # the same draws on every rank
-        batch = [q for q in qs[rank::world] for _ in range(G)]  # whole groups: each rank its own questions
+        n_drill = round(Q * p["rl_drill_frac"]) if drills else 0
+        qs = ([(train_qs[rng.randrange(len(train_qs))], kb) for _ in range(Q - n_drill)]  # the same draws on every rank
+              + [(drills[0][rng.randrange(len(drills[0]))], drills[1]) for _ in range(n_drill)])
+        mine = qs[rank::world]  # whole groups: each rank its own questions
+        batch, rows = [], []
         model.eval()
-        rows = refrag_rollouts(model, tokenizer, batch, kb, p["k"], p["retriever"], p["max_hops"],
-                               p["rl_max_new_tokens"], temperature=p["rl_temperature"],
-                               seed=p["rl_seed"] * 100_003 + step + 7919 * rank) if batch else []
+        for i, src in enumerate([kb] + ([drills[1]] if drills else [])):  # one rollout batch per KB
+            b = [q for q, s in mine if s is src for _ in range(G)]
+            if b:
+                batch += b
+                rows += refrag_rollouts(model, tokenizer, b, src, p["k"], p["retriever"], p["max_hops"],
+                                        p["rl_max_new_tokens"], temperature=p["rl_temperature"],
+                                        seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i)
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)
@@ -175,7 +190,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
                "reward": float(R.mean()), "entropy": sum(gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
-                  for k in ("em", "citation", "unsupported", "format", "bad_query")},
+                  for k in ("em", "citation", "unsupported", "format", "retrieval", "bad_query")},
                "searches_per_rollout": sum(s for s, _ in rows_info) / len(rows_info),
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
                "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}

@@ -132,14 +132,14 @@ def pretrain(params, corpus_dir, out_dir, tokenizer_dir, run=None, log=None):
 
 # ------------------------------------------------------------------------------ training sets
 
-def drill_world(p, kb):
+def drill_world(p, kb, seed=None):
     """The drill world (rag.drill_world): the KB's places, companies and universities with
-    p["drill_people"] fresh people and new facts, seeded by the stage's seed."""
+    p["drill_people"] fresh people and new facts, seeded by `seed` (default: the stage's seed)."""
     names = {}
     for d in kb.docs:
         if d.get("source") == "world":
             names.setdefault(d["metadata"]["entity_type"], []).append(d["title"])
-    return rag.drill_world(f"drill:{p['seed']}", names, n_people=p["drill_people"])
+    return rag.drill_world(f"drill:{p['seed'] if seed is None else seed}", names, n_people=p["drill_people"])
 
 
 def drill_kb(world, kb, rng):
@@ -214,11 +214,16 @@ def refrag_conversations(p, qa, kb):
     if p["drills"]:
         world = drill_world(p, kb)
         dkb = drill_kb(world, kb, r["drills"])
-        qs = [q for (_, t), recs in sorted(question_pools(world, p["seed"]).items()) if t in p["question_types"]
-              for q in recs if len(q["hops"]) <= p["max_hops"]]
+        qs = drill_questions(world, p["seed"], p["question_types"], p["max_hops"])
         picked = [qs[r["drills"].randrange(len(qs))] for _ in range(p["drills"])]
         convs += [rag.trajectory_conversation(q, dkb, p["k"], p["retriever"], p["max_hops"]) for q in picked]
     return convs
+
+
+def drill_questions(world, seed, types, max_hops):
+    """Every question of `types` about the drill world, at most max_hops hops."""
+    return [q for (_, t), recs in sorted(question_pools(world, seed).items()) if t in types
+            for q in recs if len(q["hops"]) <= max_hops]
 
 
 # ------------------------------------------------------------------------------ fine-tuning
@@ -274,9 +279,15 @@ def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, ru
     val_qs = [q for q in qa_val if q["type"] in types]
     if not train_qs or not val_qs:
         raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")
+    drills = None
+    if p["rl_drill_frac"] > 0:  # questions about fresh people, over their own KB: held-out-like, unlike train people
+        world = drill_world(p, kb, seed=f"rl:{p['rl_seed']}")
+        dkb = drill_kb(world, kb, random.Random(f"rl-drill-kb:{p['rl_seed']}"))
+        drills = (drill_questions(world, p["rl_seed"], types, p["max_hops"]), dkb)
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": "refrag_finetune", "phase": "rl",
             "lineage": make_lineage("refrag_finetune", run, sft_dir, data)}
     torch.manual_seed(p["rl_seed"])
-    summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device)
-    summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs)})
+    summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device, drills=drills)
+    summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs),
+                    "rl_drill_questions": len(drills[0]) if drills else 0})
     return summary

@@ -304,3 +304,21 @@ def test_a_k_range_draws_every_block_size_and_a_fixed_k_draws_nothing():
     p = {**DEFAULTS["rag_finetune"], "seed": 1, "drills": 200, "drill_people": 100, "k": 6, "k_min": 2}
     blocks = [len(c[1]["documents"]) for c in stages.rag_conversations(p, [], kb)]
     assert max(blocks) == 6 and set(blocks) >= {2, 3, 4, 5, 6}  # fewer only where BM25 has fewer hits
+
+
+def test_rl_drill_pool_asks_about_fresh_people_whose_chains_are_in_the_drill_kb():
+    """RL's drill questions (rl_drill_frac): only the asked types within max_hops, every gold
+    document in the drill KB the rollouts search, and other people than the warm-up's drills."""
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
+    p = {**DEFAULTS["refrag_finetune"], "drill_people": 100}
+    world = stages.drill_world(p, kb, seed="rl:45")
+    dkb = stages.drill_kb(world, kb, random.Random(0))
+    qs = stages.drill_questions(world, 45, ["2hop", "unanswerable"], 2)
+    assert {q["type"] for q in qs} == {"2hop", "unanswerable"} and all(len(q["hops"]) <= 2 for q in qs)
+    ids = {d["id"] for d in dkb.docs}
+    assert all(d in ids for q in qs for hop in q["gold_doc_ids"] for d in hop)
+    people = lambda w: {w.name(e) for e in w.ids("person")}
+    assert not people(world) & people(stages.drill_world(p, kb))  # the warm-up's drill world (stage seed)

@@ -125,3 +125,49 @@ def test_rl_keys_do_not_restart_the_warm_up():
     key = lambda p: resume_key(p, ["refrag_finetune"], "parent")
     assert key(a) == key(b)
     assert key(a) != key(c)
+
+
+def test_retrieval_reward_needs_every_gold_document_shown():
+    """rl_reward_retrieval pays for searches that found the whole chain, right answer or not."""
+    w = {**W, "retrieval": 0.4}
+    q = {**Q, "gold_doc_ids": [["p1"], ["c1"]]}
+    assert reward(q, _r("Bororia", [2]), w)["reward"] == pytest.approx(0.4)  # wrong answer, chain found
+    assert reward(q, _r("Kikoland", [1]), w)["reward"] == pytest.approx(1.6)
+    missed = _r("Bororia", [1], docs=(HOP1, HOP2[1:]))  # the search never brought c1
+    assert reward(q, missed, w)["retrieval"] == 0.0
+    assert reward(Q, _r("Kikoland", [1]), w)["retrieval"] == 0.0  # no gold ids: nothing to find
+
+
+def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(monkeypatch, tmp_path):
+    """With rl_drill_frac 0.5, half of each step's questions come from the drill pool and are
+    rolled out over the drill KB; rewards stay aligned with their rollouts."""
+    from nanochat_core import rl
+    calls = []
+
+    def rollouts(model, tok, qs, kb, *a, **k):
+        calls.append((kb, [q["id"] for q in qs]))
+        return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
+                 "documents": [[]], "citations": [], "prediction": q["answers"][0] if q["id"].endswith("0") else "x",
+                 "raw": "x"} for q in qs]
+
+    class Tok:
+        def get_bos_token_id(self):
+            return 0
+
+        def encode(self, s):
+            return [1]
+    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
+    monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
+    real = [{**Q, "id": f"r{i}"} for i in range(5)]
+    drill = [{**Q, "id": f"d{i}"} for i in range(5)]
+    p = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
+         "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
+         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
+         "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
+         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0}
+    out = rl.train_rl(_model(), Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
+    assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
+    for kb, ids in calls:
+        assert len(ids) == 4 and ids[0::2] == ids[1::2]  # two whole groups of 2
+        assert all(i.startswith("r" if kb == "KB" else "d") for i in ids)
+    assert len(out["history"]) == 3
