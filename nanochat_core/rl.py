@@ -107,6 +107,35 @@ def val_em(model, tokenizer, questions, kb, p):
     return out
 
 
+def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8):
+    """What RL could reach from `model`: per question type, greedy REFRAG EM, the mean EM of
+    group_size samples at `temperature`, pass@G (some sample right) and grounded pass@G (some
+    sample right with every gold document shown, so not a lucky guess). REINFORCE only moves
+    probability toward what its samples reach, so greedy EM near grounded pass@G leaves it
+    little to find. p: k, retriever, max_hops, max_new_tokens."""
+    args = (kb, p["k"], p["retriever"], p["max_hops"], p["max_new_tokens"])
+    model.eval()
+    per = {}
+    for i in range(0, len(questions), batch_size):
+        qs = questions[i:i + batch_size]
+        greedy = refrag_rollouts(model, tokenizer, qs, *args)
+        samples = refrag_rollouts(model, tokenizer, [q for q in qs for _ in range(group_size)], *args,
+                                  temperature=temperature, seed=seed * 100_003 + i)
+        for j, q in enumerate(qs):
+            gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
+            group = samples[j * group_size:(j + 1) * group_size]
+            ems = [exact_match(r["prediction"], q["answers"]) for r in group]
+            grounded = [e and gold <= {d["id"] for b in r["documents"] for d in b} for e, r in zip(ems, group)]
+            row = per.setdefault(q["type"], {"n": 0, "greedy": 0.0, "sample_mean": 0.0, "pass_at_g": 0.0,
+                                             "grounded_pass_at_g": 0.0})
+            row["n"] += 1
+            row["greedy"] += exact_match(greedy[j]["prediction"], q["answers"])
+            row["sample_mean"] += sum(ems) / group_size
+            row["pass_at_g"] += float(any(ems))
+            row["grounded_pass_at_g"] += float(any(grounded))
+    return {t: {k: (v if k == "n" else v / row["n"]) for k, v in row.items()} for t, row in sorted(per.items())}
+
+
 def _fmt(v):
     return f"{v['all']:.3f} (" + ", ".join(f"{t} {x:.2f}" for t, x in v.items() if t != "all") + ")"
 

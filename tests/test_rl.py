@@ -171,3 +171,28 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
         assert len(ids) == 4 and ids[0::2] == ids[1::2]  # two whole groups of 2
         assert all(i.startswith("r" if kb == "KB" else "d") for i in ids)
     assert len(out["history"]) == 3
+
+
+def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
+    """q1: greedy wrong, one of 4 samples right with the chain shown (a grounded pass);
+    q2: greedy right, one sample right but its blocks missed c1 (a lucky guess: pass, not grounded)."""
+    from nanochat_core import rl
+    q1 = {**Q, "id": "q1", "gold_doc_ids": [["p1"], ["c1"]]}
+    q2 = {**Q, "id": "q2", "type": "3hop", "gold_doc_ids": [["p1"], ["c1"]]}
+    script = {  # (temperature > 0, question id) -> predictions, and whether c1 was shown
+        (False, "q1"): [("Bororia", True)], (False, "q2"): [("Kikoland", True)],
+        (True, "q1"): [("x", True), ("Kikoland", True), ("y", False), ("", True)],
+        (True, "q2"): [("Kikoland", False), ("z", True), ("z", True), ("z", True)]}
+
+    def rollouts(model, tok, qs, kb, *a, temperature=0.0, seed=0):
+        seen, out = {}, []
+        for q in qs:
+            i = seen[q["id"]] = seen.get(q["id"], -1) + 1
+            pred, found = script[(temperature > 0, q["id"])][i]
+            out.append({"prediction": pred, "documents": [HOP1, HOP2 if found else HOP2[1:]]})
+        return out
+    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
+    p = {"k": 3, "retriever": "bm25", "max_hops": 2, "max_new_tokens": 4}
+    got = rl.headroom(_model(), None, [q1, q2], None, p, group_size=4, temperature=1.0)
+    assert got["2hop"] == {"n": 1, "greedy": 0.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 1.0}
+    assert got["3hop"] == {"n": 1, "greedy": 1.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 0.0}
