@@ -307,6 +307,11 @@ def grid(cells):
     return sorted(set.intersection(*[{int(k) for k in c["test"]["k"]} for c in cells])) if cells else list(KS)
 
 
+def summary_ks(s):
+    """The k grid of a summarize() result (every architecture shares it)."""
+    return next(iter(s.values()))["ks"] if s else list(KS)
+
+
 def summarize(cells):
     """Per architecture: the learning rate val chose, and that rate's test figures for each seed."""
     from nanochat_core.metrics import wilson_interval
@@ -364,7 +369,7 @@ def claims(s):
     hybrid: TMTM, the pipeline's default, and TMMM."""
     out = []
     t = s.get("T")
-    top = max(next(iter(s.values()))["ks"]) if s else max(KS)
+    top = max(summary_ks(s))
     for name in HYBRIDS:
         if t is None or name not in s:
             continue
@@ -400,7 +405,7 @@ def _f(xs):
 
 def write_report(cells, cost, commit, md_path, json_path, plot_path):
     s = summarize(cells)
-    ks = grid(cells)  # the columns: Table 2's k values, or the longer grid of --ks
+    ks = summary_ks(s)  # the columns: Table 2's k values, or the longer grid of --ks
     cl = claims(s)
     lines = ["# Table 2: architectures at equal parameters and training tokens", "",
              f"`python -m benchmarks.architectures` at {commit}; {len(cells)} of {len(all_cells())} cells "
@@ -476,7 +481,7 @@ def write_report(cells, cost, commit, md_path, json_path, plot_path):
 
 
 def plot(s, path):
-    ks = next(iter(s.values()))["ks"] if s else list(KS)
+    ks = summary_ks(s)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

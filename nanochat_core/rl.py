@@ -52,12 +52,17 @@ def reward(q, r, w):
     queries = [normalize_answer(x) for x in r["queries"]]
     bad_query = any(not x for x in queries[1:]) or len(set(queries)) < len(queries)
     fmt = float(not pred or not r["finished"] or bad_query)
-    gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
-    found = float(bool(gold) and gold <= {d["id"] for d in shown})
+    found = float(chain_shown(q, r["documents"]))
     total = (w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["format"] * fmt
-             + w.get("retrieval", 0.0) * found)
+             + w["retrieval"] * found)
     return {"reward": total, "em": em, "citation": cite, "unsupported": unsupported, "format": fmt,
             "retrieval": found, "bad_query": float(bad_query)}
+
+
+def chain_shown(q, blocks):
+    """Whether the documents blocks held every gold document of question q (False when it names none)."""
+    gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
+    return bool(gold) and gold <= {d["id"] for block in blocks for d in block}
 
 
 def _all_sum(t):
@@ -122,10 +127,9 @@ def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0
         samples = refrag_rollouts(model, tokenizer, [q for q in qs for _ in range(group_size)], *args,
                                   temperature=temperature, seed=seed * 100_003 + i)
         for j, q in enumerate(qs):
-            gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
             group = samples[j * group_size:(j + 1) * group_size]
             ems = [exact_match(r["prediction"], q["answers"]) for r in group]
-            grounded = [e and gold <= {d["id"] for b in r["documents"] for d in b} for e, r in zip(ems, group)]
+            grounded = [e and chain_shown(q, r["documents"]) for e, r in zip(ems, group)]
             row = per.setdefault(q["type"], {"n": 0, "greedy": 0.0, "sample_mean": 0.0, "pass_at_g": 0.0,
                                              "grounded_pass_at_g": 0.0})
             row["n"] += 1

@@ -7,7 +7,7 @@ from nanochat_core.data.world import ABSTAIN
 from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.rl import group_advantages, policy_loss, reward
 
-W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "format": 0.5}
+W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "format": 0.5, "retrieval": 0.0}
 Q = {"type": "2hop", "question": "In which country was Ada Lovi born?", "answers": ["Kikoland"]}
 UNANS = {"type": "unanswerable", "question": "When was Ada Lovi born?", "answers": [ABSTAIN]}
 HOP1 = [{"id": "p1", "title": "Ada Lovi", "text": "Ada Lovi was born in Kiko."}]
