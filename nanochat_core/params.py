@@ -63,7 +63,7 @@ DEFAULTS = {
     "refrag_finetune": {
         **TRAINING, "seed": 45, "steps": 700, "batch_size": 8, "eval_every": 100, "max_len": 1024, "max_hops": 3,
         "k": 3, "retriever": "bm25", "question_types": ["2hop", "3hop", "single", "unanswerable"], "rag_mix": 0.3, "drills": 2500,
-        "drill_people": 3000,
+        "drill_people": 3000, "holdout_frac": 0.0,
         "rl_steps": 20, "rl_seed": 45, "rl_group_size": 8, "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05,
         "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
         "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_format": 0.5,
@@ -121,7 +121,7 @@ _RULES = {
     "refrag_finetune.rl_questions_per_step": _ge(1), "refrag_finetune.rl_temperature": _ge(0),
     "refrag_finetune.rl_lr_frac": _ge(0), "refrag_finetune.rl_eval_every": _ge(1),
     "refrag_finetune.rl_max_new_tokens": _ge(1), "refrag_finetune.rl_question_types": _SUBSET(QA_TYPES),
-    "refrag_finetune.rl_drill_frac": _FRACTION,
+    "refrag_finetune.rl_drill_frac": _FRACTION, "refrag_finetune.holdout_frac": _FRACTION,
     "refrag_finetune.rl_reward_citation": _ge(0), "refrag_finetune.rl_penalty_unsupported": _ge(0),
     "refrag_finetune.rl_penalty_format": _ge(0), "refrag_finetune.rl_reward_retrieval": _ge(0),
     "evaluate.retriever": _ONE_OF(RETRIEVERS),

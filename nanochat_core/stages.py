@@ -26,6 +26,8 @@ from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import ConversationBatches, TokenStream, evaluate_bpb, evaluate_loss, resolve_device, train
 
+MULTI_HOP = ("2hop", "3hop")  # the question types only the REFRAG stage trains on
+
 # ------------------------------------------------------------------------------ lineage
 
 def make_lineage(stage, run=None, parent_ckpt=None, data=None):
@@ -201,9 +203,11 @@ def refrag_conversations(p, qa, kb):
     missing, then abstains); rag_mix single-shot RAG conversations (answerable and not: without the
     unanswerable ones this stage unlearns abstaining); and p["drills"] gold trajectories over
     the drill world's KB, whose people are new, so a search must copy the name it reads
-    (trained on the real train people alone, the model searched for names it remembered)."""
+    (trained on the real train people alone, the model searched for names it remembered).
+    The multi-hop questions of rl_holdout are left out: they are RL's."""
     r = rngs(p["seed"], "rag_mix", "drills")
-    multi = [q for q in qa if q["type"] in p["question_types"] and len(q["hops"]) <= p["max_hops"]]
+    held = rl_holdout(p, qa)
+    multi = [q for q in qa if q["type"] in p["question_types"] and len(q["hops"]) <= p["max_hops"] and q["id"] not in held]
     convs = [rag.trajectory_conversation(q, kb, p["k"], p["retriever"], p["max_hops"]) for q in multi]
     single = [q for q in qa if q["type"] in ("single", "unanswerable")]
     n_rag = int(len(convs) * p["rag_mix"])
@@ -218,6 +222,17 @@ def refrag_conversations(p, qa, kb):
         picked = [qs[r["drills"].randrange(len(qs))] for _ in range(p["drills"])]
         convs += [rag.trajectory_conversation(q, dkb, p["k"], p["retriever"], p["max_hops"]) for q in picked]
     return convs
+
+
+def rl_holdout(p, qa):
+    """The ids of the multi-hop train questions the REFRAG warm-up leaves to RL: a
+    p["holdout_frac"] share of each type, drawn by the warm-up's seed (any rl_seed gets the same)."""
+    held = set()
+    for t in MULTI_HOP:
+        ids = sorted(q["id"] for q in qa if q["type"] == t)
+        random.Random(f"holdout:{p['seed']}:{t}").shuffle(ids)
+        held |= set(ids[:round(len(ids) * p["holdout_frac"])])
+    return held
 
 
 def drill_questions(world, seed, types, max_hops):
@@ -268,14 +283,17 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
 
 def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, run=None, log=None, data=None):
     """REFRAG's RL phase (rl.py) from the warm-up checkpoint in sft_dir, on the train questions
-    of p["rl_question_types"]; the val questions of those types choose the step that is kept."""
+    of p["rl_question_types"] (multi-hop ones: those rl_holdout kept from the warm-up, if any);
+    the val questions of those types choose the step that is kept."""
     from nanochat_core import rl
     p = params["refrag_finetune"]
     device = resolve_device(p["device"])
     tok = Tokenizer.load(tokenizer_path)
     model, _ = load_model(sft_dir, tok, device)
     types = p["rl_question_types"]
-    train_qs = [q for q in qa_train if q["type"] in types and len(q["hops"]) <= p["max_hops"]]
+    held = rl_holdout(p, qa_train)  # when some are held out, RL's multi-hop questions are those alone
+    train_qs = [q for q in qa_train if q["type"] in types and len(q["hops"]) <= p["max_hops"]
+                and (not held or q["type"] not in MULTI_HOP or q["id"] in held)]
     val_qs = [q for q in qa_val if q["type"] in types]
     if not train_qs or not val_qs:
         raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")
@@ -289,5 +307,6 @@ def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, ru
     torch.manual_seed(p["rl_seed"])
     summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device, drills=drills)
     summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs),
-                    "rl_drill_questions": len(drills[0]) if drills else 0})
+                    "rl_drill_questions": len(drills[0]) if drills else 0,
+                    "rl_holdout_questions": len(held)})
     return summary
