@@ -235,6 +235,14 @@ def rl_holdout(p, qa):
     return held
 
 
+def rl_pool(p, qa):
+    """RL's train questions (those of p["rl_question_types"], at most max_hops hops) and the
+    rl_holdout ids: when it holds any, RL's multi-hop questions are those alone."""
+    held = rl_holdout(p, qa)
+    return [q for q in qa if q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]
+            and (not held or q["type"] not in MULTI_HOP or q["id"] in held)], held
+
+
 def drill_questions(world, seed, types, max_hops):
     """Every question of `types` about the drill world, at most max_hops hops."""
     return [q for (_, t), recs in sorted(question_pools(world, seed).items()) if t in types
@@ -291,9 +299,7 @@ def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, ru
     tok = Tokenizer.load(tokenizer_path)
     model, _ = load_model(sft_dir, tok, device)
     types = p["rl_question_types"]
-    held = rl_holdout(p, qa_train)  # when some are held out, RL's multi-hop questions are those alone
-    train_qs = [q for q in qa_train if q["type"] in types and len(q["hops"]) <= p["max_hops"]
-                and (not held or q["type"] not in MULTI_HOP or q["id"] in held)]
+    train_qs, held = rl_pool(p, qa_train)
     val_qs = [q for q in qa_val if q["type"] in types]
     if not train_qs or not val_qs:
         raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")

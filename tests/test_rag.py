@@ -322,3 +322,28 @@ def test_rl_drill_pool_asks_about_fresh_people_whose_chains_are_in_the_drill_kb(
     assert all(d in ids for q in qs for hop in q["gold_doc_ids"] for d in hop)
     people = lambda w: {w.name(e) for e in w.ids("person")}
     assert not people(world) & people(stages.drill_world(p, kb))  # the warm-up's drill world (stage seed)
+
+
+def test_holdout_questions_are_left_to_rl():
+    """holdout_frac: a share of each multi-hop type's train questions is kept out of the warm-up's
+    trajectories and is then RL's only multi-hop pool; the draw depends on the warm-up's seed,
+    not on rl_seed (so another RL seed keeps the same warm-up); 0 holds out nothing."""
+    kb, qa = _small_world()
+    p = {**DEFAULTS["refrag_finetune"], "rag_mix": 0.0, "drills": 0, "question_types": ["2hop", "3hop"],
+         "holdout_frac": 0.5}
+    held = stages.rl_holdout(p, qa)
+    by_type = {t: [q for q in qa if q["type"] == t] for t in ("2hop", "3hop")}
+    for t, qs in by_type.items():
+        assert len({q["id"] for q in qs} & held) == round(len(qs) * 0.5) > 0
+    assert held <= {q["id"] for qs in by_type.values() for q in qs}
+    asked = [c[0]["content"] for c in stages.refrag_conversations(p, qa, kb)]
+    multi = [q for q in qa if q["type"] in ("2hop", "3hop") and len(q["hops"]) <= p["max_hops"]]
+    assert asked == [q["question"] for q in multi if q["id"] not in held]
+    pool, _ = stages.rl_pool(p, qa)
+    assert {q["id"] for q in pool if q["type"] in ("2hop", "3hop")} == {q["id"] for q in multi if q["id"] in held}
+    assert {q["id"] for q in pool if q["type"] not in ("2hop", "3hop")} == \
+        {q["id"] for q in qa if q["type"] in ("single", "unanswerable")}  # rl_question_types' other types: all
+    assert stages.rl_holdout({**p, "rl_seed": 7}, qa) == held and stages.rl_holdout({**p, "seed": 7}, qa) != held
+    none = {**p, "holdout_frac": 0.0}
+    assert stages.rl_holdout(none, qa) == set() and len(stages.refrag_conversations(none, qa, kb)) == len(multi)
+    assert len(stages.rl_pool(none, qa)[0]) == len([q for q in qa if len(q["hops"]) <= p["max_hops"]])
