@@ -26,7 +26,7 @@ from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import ConversationBatches, TokenStream, evaluate_bpb, evaluate_loss, resolve_device, train
 
-MULTI_HOP = ("2hop", "3hop")  # the question types only the REFRAG stage trains on
+MULTI_HOP = ("2hop", "3hop")  # the composed question types, which only the REFRAG stage trains on by default
 
 # ------------------------------------------------------------------------------ lineage
 
