@@ -44,7 +44,8 @@ def main(argv=None):
 
     root = a.root.resolve()
     paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
-    p = load_params(root / "params.yaml")["refrag_finetune"]
+    params = load_params(root / "params.yaml")
+    p = params["refrag_finetune"]
     ckpt = Path(a.checkpoint) if a.checkpoint else paths["sft"]
     split = paths["qa"] / f"{a.split}.jsonl"
     for f in (ckpt, split, paths["kb"]):
@@ -57,7 +58,7 @@ def main(argv=None):
     qs = [q for q in read_jsonl(split) if q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]]
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
     report = {"checkpoint": str(ckpt), "step": meta.get("step"), "split": a.split, "group": a.group,
-              "documents_seed": load_params(root / "params.yaml")["documents"]["seed"], "machine": platform.node(),
+              "documents_seed": params["documents"]["seed"], "machine": platform.node(),
               "by_temperature": {}}
     for t in a.temperatures:
         t0 = time.time()
