@@ -92,10 +92,11 @@ def headline_sentence(results, headline, heldout):
             f"held-out-entity questions ({', '.join(heldout)}): {rates}; {verdict}.")
 
 
-def markdown_report(results, headline, path, heldout):
+def markdown_report(results, headline, path, heldout, final_doc=None):
     """The evaluation report: the headline sentence, the headline numbers, then Table 1, one table
-    per question type with a row per checkpoint x mode. `heldout`: the question types the
-    headline's hallucination rates pool."""
+    per question type with a row per checkpoint x mode, then (final_doc: evaluate's
+    {ckpt: {type: where_final_doc}}) where REFRAG's multi-hop answers fail. `heldout`: the
+    question types the headline's hallucination rates pool."""
     lines = ["# Evaluation", "", headline_sentence(results, headline, heldout), "",
              "Headline (test questions; EM = exact match):", ""]
     lines += [f"- {k}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in headline.items()]
@@ -131,4 +132,23 @@ def markdown_report(results, headline, path, heldout):
                              f"{_fmt(r.get('abstention_correct'))} | {cites[0]} | {cites[1]} | "
                              f"{_fmt(r.get('mean_hops'), 2)} | {_fmt(r.get('latency_s'), 3)} | "
                              f"{_fmt(r.get('retrieval_recall'))} |")
+    if final_doc:
+        lines += final_doc_table(final_doc)
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def final_doc_table(final_doc):
+    """The failure table's lines: each checkpoint's REFRAG multi-hop answers by where the final hop's gold
+    document was shown (evaluation.where_final_doc), n and EM each."""
+    from nanochat_core.evaluation import FINAL_DOC
+    lines = ["", "## Where REFRAG's multi-hop answers fail", "",
+             "Test questions by where the final hop's gold document was shown (a document is never shown "
+             "twice, so one already in hop 1's block must be read back past the later blocks); n and EM of each "
+             "group; \"no follow-up\": the share of never-shown ones that searched no further.", "",
+             "| checkpoint | type | " + " | ".join(f"{v}: n, EM" for v in FINAL_DOC.values()) + " | no follow-up |",
+             "|---|---|" + "---|" * (len(FINAL_DOC) + 1)]
+    for ck, by_type in final_doc.items():
+        for t, cats in by_type.items():
+            cells = [f"{cats[c]['n']}, {_fmt(cats[c]['em'])}" for c in FINAL_DOC]
+            lines.append(f"| {ck} | {t} | " + " | ".join(cells) + f" | {_fmt(cats['never']['no_search'])} |")
+    return lines

@@ -20,7 +20,8 @@ from nanochat_core.train import resolve_device
 def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
     """Every checkpoint in params.evaluate.checkpoints ({name: dir} in `checkpoints`) x mode x
     question type on the test questions. Returns {"results": {ckpt: {mode: {type: metrics}}},
-    "headline": {...}, "predictions": [...]}."""
+    "headline": {...}, "predictions": [...], "final_doc": {ckpt: {type: where_final_doc(...)}}}
+    (final_doc: REFRAG mode's multi-hop questions)."""
     p = params["evaluate"]
     device = resolve_device(p["device"])
     kb = KnowledgeBase.load(kb_dir)
@@ -32,7 +33,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
         t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
         groups.setdefault(t, []).append(q)
     groups = {t: sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
-    results, predictions = {}, []
+    results, predictions, final_doc = {}, [], {}
     for ck in p["checkpoints"]:
         model, _ = load_model(checkpoints[ck], tok, device)
         model.eval()
@@ -48,11 +49,13 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                 agg["latency_s"] = seconds / len(qs)
                 results.setdefault(ck, {}).setdefault(mode, {})[t] = agg
                 predictions += [{"checkpoint": ck, "mode": mode, **pr} for pr in preds]
+                if mode == "refrag" and t in MULTI_HOP:
+                    final_doc.setdefault(ck, {})[t] = where_final_doc(qs, preds)
                 print0(f"[evaluate] {ck:7s} {mode:11s} {t:14s} n={agg['n']:3d} EM {agg['em']:.3f} "
                        f"F1 {agg['f1']:.3f} halluc {agg['hallucinated']:.3f} unsupported {agg['unsupported']:.3f}")
                 if log:
                     log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
-    return {"results": results, "headline": headline(results), "predictions": predictions}
+    return {"results": results, "headline": headline(results), "predictions": predictions, "final_doc": final_doc}
 
 
 def sample(records, n, seed):
@@ -116,6 +119,33 @@ def score(questions, predictions):
             "retrieval_recall": (len(gold_ids & seen_ids) / len(gold_ids)) if gold_ids else 0.0,
         })
     return rows
+
+
+MULTI_HOP = ("2hop", "3hop")
+FINAL_DOC = {"search": "after a follow-up search", "hop1": "in hop 1's block (read back)", "never": "never shown"}
+
+
+def where_final_doc(questions, predictions):
+    """Multi-hop answers split by where the final hop's gold document was shown: in a block
+    after a follow-up search ("search"), already in hop 1's block, so no follow-up can show
+    it again and the answer must be read back past later blocks ("hop1"), or in no block
+    ("never": a follow-up search named the wrong thing, or there was none). Returns
+    {category: {"n", "em"}} and, for "never", "no_search": the share that made no follow-up."""
+    out = {c: {"n": 0, "em": 0.0} for c in FINAL_DOC}
+    out["never"]["no_search"] = 0.0
+    for q, p in zip(questions, predictions):
+        gold = set(q["gold_doc_ids"][-1])
+        at = [i for i, block in enumerate(p["documents"]) if gold & {d["id"] for d in block}]
+        c = "never" if not at else ("hop1" if at[0] == 0 else "search")
+        out[c]["n"] += 1
+        out[c]["em"] += exact_match(p["prediction"], q["answers"])
+        if c == "never":
+            out[c]["no_search"] += float(len(p["documents"]) <= 1)
+    for c, r in out.items():
+        for k in ("em", "no_search"):
+            if k in r:
+                r[k] = r[k] / r["n"] if r["n"] else None
+    return out
 
 
 # Scores that exist for some answers only: their means leave the others out, and <key>_n says

@@ -189,3 +189,26 @@ def test_hallucination_plot_writes_one_row_per_checkpoint(tmp_path):
     assert rows == [{"checkpoint": "mid", "closed_book": "0.9", "rag": "0.7", "refrag": ""},
                     {"checkpoint": "rag", "closed_book": "0.8", "rag": "0.4", "refrag": "0.5"}]
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_multi_hop_answers_are_split_by_where_the_final_document_was_shown(tmp_path):
+    """Where REFRAG fails: the final hop's gold document (c2) shown after a follow-up, already in hop 1's
+    block (read back), or never (with and without a follow-up search); n and EM per group."""
+    from nanochat_core.evaluation import where_final_doc
+    q = {"id": "m", "type": "2hop", "question": "In which country is Ada Lovi's birthplace?", "answers": ["Kiko"],
+         "gold_doc_ids": [["p1"], ["c2"]]}
+
+    def ans(pred, *blocks):
+        return {"prediction": pred, "citations": [], "documents": [list(b) for b in blocks]}
+    preds = [ans("Kiko", [ADA], [THIRD]), ans("Vessa", [ADA], [OTHER, THIRD]),  # after a search: 2, EM 0.5
+             ans("Kiko", [ADA, THIRD], [OTHER]), ans("Vessa", [ADA, THIRD], [OTHER]), ans("x", [THIRD, ADA]),  # read back: 3
+             ans("Kiko", [ADA], [OTHER]), ans("Palmora", [ADA])]  # never: 2, one without a follow-up
+    got = where_final_doc([q] * len(preds), preds)
+    assert got == {"search": {"n": 2, "em": 0.5}, "hop1": {"n": 3, "em": pytest.approx(1 / 3)},
+                   "never": {"n": 2, "em": 0.5, "no_search": 0.5}}
+    assert where_final_doc([], [])["never"] == {"n": 0, "em": None, "no_search": None}
+    path = tmp_path / "report.md"
+    markdown_report({}, {}, path, HELD_OUT, {"refrag": {"2hop": got}})
+    text = path.read_text()
+    assert "## Where REFRAG's multi-hop answers fail" in text
+    assert "| refrag | 2hop | 2, 0.500 | 3, 0.333 | 2, 0.500 | 0.500 |" in text
