@@ -348,6 +348,14 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     assert set(STAGES) <= set(runs)
     assert len({runs[s].data.tags["mlflow.parentRunId"] for s in STAGES}) == 1
     _assert_lineage_reaches_the_documents(client, runs, tmp_path)
+    # The failure split accounts for every REFRAG multi-hop answer, in metrics.json and report.md.
+    m = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert m["final_doc"]
+    for ck, by_type in m["final_doc"].items():
+        assert set(by_type) == {"2hop", "3hop"}
+        for t, cats in by_type.items():
+            assert sum(c["n"] for c in cats.values()) == m["results"][ck]["refrag"][t]["n"] > 0, (ck, t)
+    assert "## Where REFRAG's multi-hop answers fail" in (tmp_path / "reports" / "report.md").read_text()
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
     # Editing scoring retrains nothing: after an edit to evaluation.py, dvc status lists evaluate
