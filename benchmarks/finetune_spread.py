@@ -71,11 +71,9 @@ def main(argv=None):
     if any(x <= 0 for x in a.lr_scales):
         ap.error("every --lr-scales value must be > 0")
     offline_env()
-    from nanochat_core import dvcfile, stages as st
+    from nanochat_core import dvcfile, rl, stages as st
     from nanochat_core.checkpoint import load_model
     from nanochat_core.common import read_jsonl
-    from nanochat_core.inference import answer_questions
-    from nanochat_core.metrics import exact_match
     from nanochat_core.params import load_params, validate_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
@@ -107,15 +105,11 @@ def main(argv=None):
                      "refrag_finetune": st.refrag_conversations}
     e = params["evaluate"]
 
+    n_val = {t: sum(q["type"] == t for q in val) for t in {q["type"] for q in val}}
+
     def val_em(ckpt, mode):
-        model, _ = load_model(ckpt, tok, "cpu")
-        model.eval()
-        preds = answer_questions(model, tok, val, mode, kb, e["k"], e["retriever"], e["max_hops"], e["max_new_tokens"],
-                                 e["batch_size"])
-        hits = {}
-        for q, p in zip(val, preds):
-            hits.setdefault(q["type"], []).append(exact_match(p["prediction"], q["answers"]))
-        return {t: (len(h), sum(h) / len(h)) for t, h in sorted(hits.items())}
+        ems = rl.val_em(load_model(ckpt, tok, "cpu")[0], tok, val, kb, e, mode, e["batch_size"])
+        return {t: (n_val[t], em) for t, em in ems.items() if t != "all"}
 
     report = {"root": str(root), "stages": stages, "set": a.set, "documents_seed": params["documents"]["seed"],
               "machine": platform.node(), "split": "val", "runs": [], "settings": {}}

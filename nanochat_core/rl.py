@@ -97,12 +97,12 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0)
     return loss, entropy
 
 
-def val_em(model, tokenizer, questions, kb, p):
-    """Greedy REFRAG EM on `questions` (the val split), overall (the checkpoint selector) and
-    per question type: {"all": em, "2hop": em, ...}."""
+def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32):
+    """Greedy EM in `mode` (REFRAG for RL) on `questions` (the val split), overall (RL's checkpoint
+    selector) and per question type: {"all": em, "2hop": em, ...}."""
     model.eval()
-    preds = sharded(lambda mine: answer_questions(model, tokenizer, mine, "refrag", kb, p["k"], p["retriever"],
-                                                  p["max_hops"], p["max_new_tokens"], batch_size=32), questions)
+    preds = sharded(lambda mine: answer_questions(model, tokenizer, mine, mode, kb, p["k"], p["retriever"],
+                                                  p["max_hops"], p["max_new_tokens"], batch_size=batch_size), questions)
     model.train()
     hits = {}
     for q, pr in zip(questions, preds):
