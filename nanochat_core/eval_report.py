@@ -139,16 +139,18 @@ def markdown_report(results, headline, path, heldout, final_doc=None):
 
 def final_doc_table(final_doc):
     """The failure table's lines: each checkpoint's REFRAG multi-hop answers by where the final hop's gold
-    document was shown (evaluation.where_final_doc), n and EM each."""
+    document was shown (evaluation.where_final_doc), n, EM and the share that searched every bridge's name."""
     from nanochat_core.evaluation import FINAL_DOC
     lines = ["", "## Where REFRAG's multi-hop answers fail", "",
              "Test questions by where the final hop's gold document was shown (a document is never shown "
              "twice, so one already in hop 1's block must be read back past the later blocks); n and EM of each "
-             "group; \"no follow-up\": the share of never-shown ones that searched no further.", "",
-             "| checkpoint | type | " + " | ".join(f"{v}: n, EM" for v in FINAL_DOC.values()) + " | no follow-up |",
+             "group, and \"named\": the share whose follow-up searches named every bridge entity (low: the search "
+             "failed; high with a low EM: the reading did); \"no follow-up\": the share of never-shown ones that "
+             "searched no further.", "",
+             "| checkpoint | type | " + " | ".join(f"{v}: n, EM, named" for v in FINAL_DOC.values()) + " | no follow-up |",
              "|---|---|" + "---|" * (len(FINAL_DOC) + 1)]
     for ck, by_type in final_doc.items():
         for t, cats in by_type.items():
-            cells = [f"{cats[c]['n']}, {_fmt(cats[c]['em'])}" for c in FINAL_DOC]
+            cells = [f"{cats[c]['n']}, {_fmt(cats[c]['em'])}, {_fmt(cats[c].get('named'))}" for c in FINAL_DOC]
             lines.append(f"| {ck} | {t} | " + " | ".join(cells) + f" | {_fmt(cats['never']['no_search'])} |")
     return lines

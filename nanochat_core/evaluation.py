@@ -11,7 +11,7 @@ from nanochat_core.checkpoint import load_model
 from nanochat_core.common import print0, read_jsonl, sharded
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions
-from nanochat_core.metrics import exact_match, f1, wilson_interval
+from nanochat_core.metrics import exact_match, f1, normalize_answer, wilson_interval
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import resolve_device
@@ -130,9 +130,13 @@ def where_final_doc(questions, predictions):
     after a follow-up search ("search"), already in hop 1's block, so no follow-up can show
     it again and the answer must be read back past later blocks ("hop1"), or in no block
     ("never": a follow-up search named the wrong thing, or there was none). Returns
-    {category: {"n", "em"}} and, for "never", "no_search": the share that made no follow-up."""
-    out = {c: {"n": 0, "em": 0.0} for c in FINAL_DOC}
+    {category: {"n", "em", "named"}} and, for "never", "no_search": the share that made no
+    follow-up. "named" is the share whose follow-up queries named every bridge entity of the
+    chain (the gold hops' queries, after SQuAD normalization; None where the questions give
+    no hops): it tells a search failure (a wrong name searched) from a reading failure."""
+    out = {c: {"n": 0, "em": 0.0, "named": 0.0} for c in FINAL_DOC}
     out["never"]["no_search"] = 0.0
+    with_hops = {c: 0 for c in FINAL_DOC}
     for q, p in zip(questions, predictions):
         gold = set(q["gold_doc_ids"][-1])
         at = [i for i, block in enumerate(p["documents"]) if gold & {d["id"] for d in block}]
@@ -141,10 +145,15 @@ def where_final_doc(questions, predictions):
         out[c]["em"] += exact_match(p["prediction"], q["answers"])
         if c == "never":
             out[c]["no_search"] += float(len(p["documents"]) <= 1)
+        bridges = {normalize_answer(h["query"]) for h in q.get("hops", [])[1:]}
+        if bridges:
+            with_hops[c] += 1
+            out[c]["named"] += float(bridges <= {normalize_answer(x) for x in p.get("queries", [])[1:]})
     for c, r in out.items():
         for k in ("em", "no_search"):
             if k in r:
                 r[k] = r[k] / r["n"] if r["n"] else None
+        r["named"] = r["named"] / with_hops[c] if with_hops[c] else None
     return out
 
 

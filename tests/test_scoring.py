@@ -193,22 +193,29 @@ def test_hallucination_plot_writes_one_row_per_checkpoint(tmp_path):
 
 def test_multi_hop_answers_are_split_by_where_the_final_document_was_shown(tmp_path):
     """Where REFRAG fails: the final hop's gold document (c2) shown after a follow-up, already in hop 1's
-    block (read back), or never (with and without a follow-up search); n and EM per group."""
+    block (read back), or never (with and without a follow-up search); n and EM per group, and the share
+    whose follow-ups named the bridge (Kiko, any case or punctuation): a search failure vs a reading one."""
     from nanochat_core.evaluation import where_final_doc
-    q = {"id": "m", "type": "2hop", "question": "In which country is Ada Lovi's birthplace?", "answers": ["Kiko"],
-         "gold_doc_ids": [["p1"], ["c2"]]}
+    q = {"id": "m", "type": "2hop", "question": "In which country is Ada Lovi's birthplace?", "answers": ["Vessa"],
+         "gold_doc_ids": [["p1"], ["c2"]], "hops": [{"query": "Ada Lovi", "doc_id": "p1", "answer": "Kiko"},
+                                                    {"query": "Kiko", "doc_id": "c2", "answer": "Vessa"}]}
 
-    def ans(pred, *blocks):
-        return {"prediction": pred, "citations": [], "documents": [list(b) for b in blocks]}
-    preds = [ans("Kiko", [ADA], [THIRD]), ans("Vessa", [ADA], [OTHER, THIRD]),  # after a search: 2, EM 0.5
-             ans("Kiko", [ADA, THIRD], [OTHER]), ans("Vessa", [ADA, THIRD], [OTHER]), ans("x", [THIRD, ADA]),  # read back: 3
-             ans("Kiko", [ADA], [OTHER]), ans("Palmora", [ADA])]  # never: 2, one without a follow-up
+    def ans(pred, *blocks, queries=("kiko.",)):
+        return {"prediction": pred, "citations": [], "documents": [list(b) for b in blocks],
+                "queries": [q["question"], *queries[:len(blocks) - 1]]}
+    preds = [ans("Vessa", [ADA], [THIRD]), ans("Kiko", [ADA], [OTHER, THIRD], queries=("Ada Lovi Kiko",)),  # after a search: 2
+             ans("Vessa", [ADA, THIRD], [OTHER]), ans("Kiko", [ADA, THIRD], [OTHER], queries=("Palmora",)),
+             ans("x", [THIRD, ADA]),  # read back: 3, one named the bridge
+             ans("Vessa", [ADA], [OTHER], queries=("Kika",)), ans("Palmora", [ADA])]  # never: 2, one without a follow-up
     got = where_final_doc([q] * len(preds), preds)
-    assert got == {"search": {"n": 2, "em": 0.5}, "hop1": {"n": 3, "em": pytest.approx(1 / 3)},
-                   "never": {"n": 2, "em": 0.5, "no_search": 0.5}}
-    assert where_final_doc([], [])["never"] == {"n": 0, "em": None, "no_search": None}
+    assert got == {"search": {"n": 2, "em": 0.5, "named": 0.5}, "hop1": {"n": 3, "em": pytest.approx(1 / 3),
+                                                                         "named": pytest.approx(1 / 3)},
+                   "never": {"n": 2, "em": 0.5, "no_search": 0.5, "named": 0.0}}
+    assert where_final_doc([], [])["never"] == {"n": 0, "em": None, "no_search": None, "named": None}
+    no_hops = {k: v for k, v in q.items() if k != "hops"}  # a QA source's question without a gold chain
+    assert where_final_doc([no_hops], [preds[0]])["search"] == {"n": 1, "em": 1.0, "named": None}
     path = tmp_path / "report.md"
     markdown_report({}, {}, path, HELD_OUT, {"refrag": {"2hop": got}})
     text = path.read_text()
     assert "## Where REFRAG's multi-hop answers fail" in text
-    assert "| refrag | 2hop | 2, 0.500 | 3, 0.333 | 2, 0.500 | 0.500 |" in text
+    assert "| refrag | 2hop | 2, 0.500, 0.500 | 3, 0.333, 0.333 | 2, 0.500, 0.000 | 0.500 |" in text
