@@ -196,3 +196,33 @@ def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
     got = rl.headroom(_model(), None, [q1, q2], None, p, group_size=4, temperature=1.0)
     assert got["2hop"] == {"n": 1, "greedy": 0.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 1.0}
     assert got["3hop"] == {"n": 1, "greedy": 1.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 0.0}
+
+
+def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decoder_picked():
+    """RL scores its rollouts with one padded forward pass (policy_loss), while the engine made
+    them token by token from a left-padded, cached batch with documents blocks forced in. The
+    two must be the same policy: at every token the model sampled, greedy decoding's choice is
+    the training forward's argmax too (up to float noise), over prompts of different lengths."""
+    import torch.nn.functional as F
+    from fakes import BiasedGPT, distinct_city, tiny_config, tiny_world
+
+    from nanochat_core.inference import refrag_rollouts
+    from nanochat_core.train import pad_batch
+    world, kb, tok, qs = tiny_world(3, 4, 4)
+    sp = tok.encode_special
+    chain = [sp("<|search_start|>")] + tok.encode(" " + distinct_city(world, tok)) + [sp("<|search_end|>")]
+    after = {a: b for a, b in zip(chain, chain[1:])}
+    after[sp("<|assistant_start|>")] = chain[0]  # search once, then answer freely after the block
+    torch.manual_seed(0)
+    model = BiasedGPT(tiny_config(tok), after=after).eval()
+    rows = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6)
+    assert len({len(r["prompt"]) for r in rows}) > 1  # left padding was exercised
+    assert all(0 in r["masks"] and 1 in r["masks"] for r in rows)  # a forced block and sampled tokens
+    x, y = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows],
+                     tok.get_bos_token_id())
+    with torch.no_grad():
+        logp = F.log_softmax(model(x).float(), dim=-1)
+    keep = y != -1
+    chosen = logp[keep].gather(1, y[keep][:, None])[:, 0]
+    assert int(keep.sum()) >= 6 * len(rows) // 2
+    assert torch.all(chosen >= logp[keep].max(dim=-1).values - 1e-4)
