@@ -8,7 +8,8 @@ are forced into that row one by one, with mask 0 because the model did not produ
 Once a row has made `max_tool_calls` calls, the search markers are masked out of its
 sampling: the model cannot search again and must answer.
 After a generation, `engine.queries[b]` lists the queries row b wrote, in order (this is the
-one place that reads search calls out of tokens).
+one place that reads search calls out of tokens), and `engine.limit_from[b]` says from which of
+its tokens on the search markers were masked (None: never).
 """
 from collections import deque
 
@@ -68,6 +69,9 @@ class Engine:
         own_from = [len(p) for p in prompts]  # where each row's own text began (after the last forced token)
         calls = [0] * B
         self.queries = [[] for _ in range(B)]
+        # Per row, the index (among its generated tokens) of the first token sampled with the search
+        # markers masked out, None while it has not happened: RL's loss must score that policy.
+        self.limit_from = [None] * B
         done = [False] * B
         last = [0] * B
         own = [0] * B  # tokens each row sampled itself since its last tool call
@@ -94,6 +98,9 @@ class Engine:
                     logits = logits.clone()
                     logits[spent, self.search_start] = float("-inf")
                     logits[spent, self.search_end] = float("-inf")
+                    for b in spent:
+                        if self.limit_from[b] is None and not forced[b]:
+                            self.limit_from[b] = len(history[b]) - len(prompts[b])
             sampled = sample_next(logits, temperature, top_k, gen).tolist()
             tokens, masks = [], []
             for b in range(B):

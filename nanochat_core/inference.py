@@ -52,9 +52,10 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
     """REFRAG on one batch of questions, question first. Returns one dict per question:
     prompt (token ids), tokens and masks (what followed the prompt, mask 1 = sampled by the
     model, 0 = a forced documents block; the closing <|assistant_end|> included when the
-    model wrote it), finished (it did), prediction, raw, citations, documents (one list per
-    block, hop 1 first) and queries (hop 1's is the question). temperature 0 is greedy; RL
-    samples at 1.0 with `seed`."""
+    model wrote it), finished (it did), limit_from (the index in tokens from which the search
+    markers were masked out of sampling, at the hop limit; len(tokens) if never), prediction,
+    raw, citations, documents (one list per block, hop 1 first) and queries (hop 1's is the
+    question). temperature 0 is greedy; RL samples at 1.0 with `seed`."""
     end = tokenizer.encode_special("<|assistant_end|>")
     shown, prompts = rag_prompts(tokenizer, questions, kb, k, retriever)
     engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown),
@@ -67,8 +68,10 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
         text = final_text(tokenizer, toks[b], masks[b])
         answer, cites = parse_answer(text)
         finished = engine.finished[b]
-        out.append({"prompt": prompts[b], "tokens": toks[b] + ([end] if finished else []),
-                    "masks": masks[b] + ([1] if finished else []), "finished": finished, "prediction": answer,
+        tokens = toks[b] + ([end] if finished else [])
+        limit = engine.limit_from[b]
+        out.append({"prompt": prompts[b], "tokens": tokens, "masks": masks[b] + ([1] if finished else []),
+                    "finished": finished, "limit_from": len(tokens) if limit is None else limit, "prediction": answer,
                     "raw": text, "citations": cites, "documents": shown[b], "queries": [q["question"]] + engine.queries[b]})
     return out
 

@@ -77,23 +77,38 @@ def group_advantages(rewards, group_size):
     return (r - r.mean(dim=1, keepdim=True)).view(-1)
 
 
-def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0):
-    """REINFORCE loss over `rows` (prompt + tokens + masks each): -sum(advantage x log-prob)
-    over the sampled tokens, / their count. Also returns the mean entropy of the policy at
-    those tokens (a health metric, no gradient)."""
+def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
+    """The policy that sampled `rows` (prompt + tokens + masks + limit_from each), scored in one
+    padded forward pass: (log-probs (N, V) at the N sampled tokens, those tokens (N,), keep (B, T),
+    the mask of where they are). As in the engine, logits / temperature, and banned_ids (the
+    search markers) get -inf from each row's limit_from on, where the engine masked them too."""
     x, y = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     keep = y != -1
-    logits = model(x)  # (B, T, V), softcapped
-    # The policy that sampled the rollouts: logits / temperature (on-policy at any temperature).
-    logp = F.log_softmax(logits[keep].float() / max(temperature, 1e-6), dim=-1)  # (N, V) at the sampled tokens only
-    tok_logp = logp.gather(1, y[keep][:, None])[:, 0]  # (N,)
-    adv = advantages.to(device)[:, None].expand_as(y)[keep]  # each token gets its rollout's advantage
+    logits = model(x)[keep].float() / max(temperature, 1e-6)  # (N, V) at the sampled tokens only, softcapped
+    if banned_ids:
+        at = torch.zeros_like(keep)
+        for b, r in enumerate(rows):  # token j of a row is the target at position len(prompt) + j - 1
+            P = len(r["prompt"])
+            at[b, P + r.get("limit_from", len(r["tokens"])) - 1:P + len(r["tokens"]) - 1] = True
+        ban = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+        ban[list(banned_ids)] = True
+        logits = logits.masked_fill(at[keep][:, None] & ban, float("-inf"))
+    return F.log_softmax(logits, dim=-1), y[keep], keep
+
+
+def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=()):
+    """REINFORCE loss over `rows` (refrag_rollouts rows): -sum(advantage x log-prob) over the
+    sampled tokens, / their count, under the policy that sampled them (policy_logprobs). Also
+    returns the mean entropy of the policy at those tokens (a health metric, no gradient)."""
+    logp, tokens, keep = policy_logprobs(model, rows, pad_id, temperature, banned_ids)
+    tok_logp = logp.gather(1, tokens[:, None])[:, 0]  # (N,)
+    adv = advantages.to(logp.device)[:, None].expand_as(keep)[keep]  # each token gets its rollout's advantage
     n = max(int(keep.sum()) if n_tokens is None else n_tokens, 1)  # n_tokens: all ranks' count under torchrun
     loss = -(adv * tok_logp).sum() / n
     with torch.no_grad():
-        entropy = float(-(logp.exp() * logp).sum(-1).mean()) if keep.any() else 0.0
+        entropy = float(torch.special.entr(logp.exp()).sum(-1).mean()) if keep.any() else 0.0
     return loss, entropy
 
 
@@ -162,6 +177,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
             g["initial_lr"] = g["lr"]
     rng = random.Random(f"rl:{p['rl_seed']}")
     pad = tokenizer.get_bos_token_id()
+    banned = [tokenizer.encode_special(t) for t in ("<|search_start|>", "<|search_end|>")]  # masked at the hop limit
     G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
     history = []
     rank, world = rank_world()
@@ -207,7 +223,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         n_tokens = None
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
             n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))])))
-        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens, p["rl_temperature"]) if rows else (None, 0.0)
+        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens, p["rl_temperature"], banned) if rows else (None, 0.0)
         if loss is not None:
             loss.backward()
         if world > 1:

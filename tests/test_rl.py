@@ -156,6 +156,9 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
 
         def encode(self, s):
             return [1]
+
+        def encode_special(self, s):
+            return 5
     monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
     monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
     real = [{**Q, "id": f"r{i}"} for i in range(5)]
@@ -199,30 +202,32 @@ def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
 
 
 def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decoder_picked():
-    """RL scores its rollouts with one padded forward pass (policy_loss), while the engine made
-    them token by token from a left-padded, cached batch with documents blocks forced in. The
-    two must be the same policy: at every token the model sampled, greedy decoding's choice is
-    the training forward's argmax too (up to float noise), over prompts of different lengths."""
-    import torch.nn.functional as F
+    """RL scores its rollouts with one padded forward pass (rl.policy_logprobs), while the engine
+    made them token by token from a left-padded, cached batch with documents blocks forced in and,
+    at the hop limit, the search markers masked out. The two must be the same policy: at every
+    token the model sampled, greedy decoding's choice is the training forward's argmax too (up to
+    float noise), over prompts of different lengths. The model here wants to search after every
+    block, so without the hop limit's mask the forward would pick <|search_start|> instead."""
     from fakes import BiasedGPT, distinct_city, tiny_config, tiny_world
 
     from nanochat_core.inference import refrag_rollouts
-    from nanochat_core.train import pad_batch
+    from nanochat_core.rl import policy_logprobs
     world, kb, tok, qs = tiny_world(3, 4, 4)
     sp = tok.encode_special
     chain = [sp("<|search_start|>")] + tok.encode(" " + distinct_city(world, tok)) + [sp("<|search_end|>")]
     after = {a: b for a, b in zip(chain, chain[1:])}
-    after[sp("<|assistant_start|>")] = chain[0]  # search once, then answer freely after the block
+    after[sp("<|assistant_start|>")] = chain[0]
+    after[sp("<|documents_end|>")] = chain[0]
+    banned = [sp("<|search_start|>"), sp("<|search_end|>")]
     torch.manual_seed(0)
     model = BiasedGPT(tiny_config(tok), after=after).eval()
     rows = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6)
     assert len({len(r["prompt"]) for r in rows}) > 1  # left padding was exercised
-    assert all(0 in r["masks"] and 1 in r["masks"] for r in rows)  # a forced block and sampled tokens
-    x, y = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows],
-                     tok.get_bos_token_id())
+    assert all(0 in r["masks"] and r["limit_from"] < len(r["tokens"]) for r in rows)  # a forced block, then the limit
     with torch.no_grad():
-        logp = F.log_softmax(model(x).float(), dim=-1)
-    keep = y != -1
-    chosen = logp[keep].gather(1, y[keep][:, None])[:, 0]
-    assert int(keep.sum()) >= 6 * len(rows) // 2
-    assert torch.all(chosen >= logp[keep].max(dim=-1).values - 1e-4)
+        logp, chosen, keep = policy_logprobs(model, rows, tok.get_bos_token_id(), banned_ids=banned)
+        assert int(keep.sum()) >= 6 * len(rows) // 2
+        picked = logp.gather(1, chosen[:, None])[:, 0]
+        assert torch.all(picked >= logp.max(dim=-1).values - 1e-4)
+        unmasked, _, _ = policy_logprobs(model, rows, tok.get_bos_token_id())  # the limit's mask forgotten
+        assert not torch.all(unmasked.gather(1, chosen[:, None])[:, 0] >= unmasked.max(dim=-1).values - 1e-4)
