@@ -17,6 +17,9 @@ import torch
 
 from nanochat_core.model.cache import InferenceCache
 
+# What a row at its hop limit may not sample (RL's loss masks the same tokens: rl.policy_logprobs).
+LIMIT_MASKED = ("<|search_start|>", "<|search_end|>")
+
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     """logits: (B, V) -> (B,) token ids. temperature 0 is greedy (deterministic)."""
@@ -39,6 +42,7 @@ class Engine:
                 raise ValueError("Engine(tool=...) needs the tokenizer to find the search-call tokens")
             self.search_start = tokenizer.encode_special("<|search_start|>")
             self.search_end = tokenizer.encode_special("<|search_end|>")
+            self.limit_masked = [tokenizer.encode_special(t) for t in LIMIT_MASKED]
 
     @torch.no_grad()
     def generate(self, prompts, max_tokens, temperature=0.0, top_k=None, seed=0, stop_tokens=()):
@@ -96,8 +100,8 @@ class Engine:
                 spent = [b for b in active if calls[b] >= self.max_tool_calls]
                 if spent:  # at the hop limit: no search can start (or close) in these rows
                     logits = logits.clone()
-                    logits[spent, self.search_start] = float("-inf")
-                    logits[spent, self.search_end] = float("-inf")
+                    for t in self.limit_masked:
+                        logits[spent, t] = float("-inf")
                     for b in spent:
                         if self.limit_from[b] is None and not forced[b]:
                             self.limit_from[b] = len(history[b]) - len(prompts[b])

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from nanochat_core.checkpoint import clear_checkpoints, load_checkpoint, save_checkpoint
 from nanochat_core.common import gather, print0, rank_world, sharded
 from nanochat_core.data.world import ABSTAIN
+from nanochat_core.engine import LIMIT_MASKED
 from nanochat_core.inference import answer_questions, refrag_rollouts
 from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
 from nanochat_core.train import pad_batch
@@ -177,7 +178,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
             g["initial_lr"] = g["lr"]
     rng = random.Random(f"rl:{p['rl_seed']}")
     pad = tokenizer.get_bos_token_id()
-    banned = [tokenizer.encode_special(t) for t in ("<|search_start|>", "<|search_end|>")]  # masked at the hop limit
+    banned = [tokenizer.encode_special(t) for t in LIMIT_MASKED]  # as the engine masks them at the hop limit
     G, Q, total = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"]
     history = []
     rank, world = rank_world()

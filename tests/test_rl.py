@@ -210,6 +210,7 @@ def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decod
     block, so without the hop limit's mask the forward would pick <|search_start|> instead."""
     from fakes import BiasedGPT, distinct_city, tiny_config, tiny_world
 
+    from nanochat_core.engine import LIMIT_MASKED
     from nanochat_core.inference import refrag_rollouts
     from nanochat_core.rl import policy_logprobs
     world, kb, tok, qs = tiny_world(3, 4, 4)
@@ -218,7 +219,7 @@ def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decod
     after = {a: b for a, b in zip(chain, chain[1:])}
     after[sp("<|assistant_start|>")] = chain[0]
     after[sp("<|documents_end|>")] = chain[0]
-    banned = [sp("<|search_start|>"), sp("<|search_end|>")]
+    banned = [sp(t) for t in LIMIT_MASKED]
     torch.manual_seed(0)
     model = BiasedGPT(tiny_config(tok), after=after).eval()
     rows = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6)
