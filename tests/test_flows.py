@@ -1,6 +1,7 @@
 """The orchestration layer: stage flows under Prefect (tasks, states), MLflow runs and lineage
 between stages, dvc.yaml's consistency with params.yaml and the stage modules, and (slow)
 `dvc repro` end to end and `prefect deploy`."""
+import csv
 import importlib.util
 import json
 import os
@@ -356,6 +357,24 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
         for t, cats in by_type.items():
             assert sum(c["n"] for c in cats.values()) == m["results"][ck]["refrag"][t]["n"] > 0, (ck, t)
     assert "## Where REFRAG's multi-hop answers fail" in (tmp_path / "reports" / "report.md").read_text()
+    # benchmarks.rl_runs reruns RL outside DVC: from the same warm-up and rl_seed its rollouts get
+    # the pipeline's rewards step by step and it keeps the same step; it answers evaluate's test
+    # questions with evaluate's answers (the micro model's EM is mostly 0, so answers are compared).
+    from benchmarks import rl_runs
+    rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "rl_runs.json")])
+    rr = json.loads((tmp_path / "rl_runs.json").read_text())
+    run = rr["runs"][0]
+    assert run["kept_step"] == json.loads((tmp_path / "reports" / "refrag_finetune.json").read_text())["rl_best_step"]
+    with open(tmp_path / "reports" / "plots" / "refrag_rl.csv") as f:
+        logged = [float(row["reward"]) for row in csv.DictReader(f) if row["reward"]]
+    assert len(logged) == 2 and [h["reward"] for h in run["history"] if "reward" in h] == pytest.approx(logged, abs=1e-6)
+    preds = [json.loads(x) for x in (tmp_path / "reports" / "predictions.jsonl").read_text().splitlines()]
+    for ck, answers in (("refrag_sft", rr["warm_up_predictions"]), ("refrag", run["predictions"])):
+        assert answers == {p["id"]: p["prediction"] for p in preds if p["checkpoint"] == ck and p["mode"] == "refrag"
+                           and p["type"] in rl_runs.TYPES and not p["id"].startswith("test-known")}, ck
+    for t in rr["warm_up"]:
+        assert rr["warm_up"][t]["em"] == m["results"]["refrag_sft"]["refrag"][t]["em"], t
+        assert run["test"][t]["em"] == m["results"]["refrag"]["refrag"][t]["em"], t
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
     # Editing scoring retrains nothing: after an edit to evaluation.py, dvc status lists evaluate

@@ -1,0 +1,155 @@
+"""RL alone from a clone's warm-up, once per rl_seed, each kept step judged on test as `evaluate` judges it.
+
+    python -m benchmarks.rl_runs [--root CLONE] [--seeds 45 46] [--set refrag_finetune.KEY=VALUE ...]
+                                 [--train-on train|val] [--work DIR] [--out PATH]
+
+After `dvc repro refrag_finetune`, runs refrag_finetune's RL phase (`stages.refrag_rl`, the
+pipeline's own code) from the clone's warm-up checkpoint with --set overrides, once per seed
+(rl_seed); val picks the step kept, as in the pipeline. Then greedy REFRAG EM of the warm-up and
+of each kept checkpoint on evaluate's test questions (params' evaluate section: the same
+questions, batching and scoring as reports/metrics.json), per type with n and a 95% Wilson
+interval, and RL minus warm-up on the same questions: the difference, how many questions RL
+gained and lost, and a 95% interval of the paired difference (normal approximation).
+
+Why: issue 11's point 2 is "RL beats its warm-up by >= 0.05, two seeds", and a setting costs one
+RL phase per seed, not a whole `dvc repro`. --train-on val is a probe, not a setting: RL trains on
+the val questions (held-out people, like test) and val still picks the step, so it selects
+nothing fairly; the report marks it. Checkpoints go to --work (a temporary directory by
+default). Writes a JSON report (default benchmarks/results/rl_runs.json).
+"""
+import argparse
+import math
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks import report_path
+from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
+
+TYPES = ("2hop", "3hop", "single", "unanswerable")  # Table 1's columns
+
+
+def paired(warm, rl):
+    """RL minus warm-up on the same questions (0/1 EM lists in the same order): the difference,
+    questions gained and lost, and a 95% normal-approximation interval of the paired mean."""
+    if len(warm) != len(rl) or not warm:
+        raise ValueError(f"paired() needs two equally long, non-empty EM lists; got {len(warm)} and {len(rl)}")
+    d = [b - a for a, b in zip(warm, rl)]
+    n, mean = len(d), sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return {"n": n, "diff": mean, "gained": sum(x > 0 for x in d), "lost": sum(x < 0 for x in d),
+            "lo": mean - half, "hi": mean + half}
+
+
+def groups_of(test, e):
+    """evaluate's grouping and sampling of the test questions, for Table 1's types."""
+    from nanochat_core.evaluation import sample
+    groups = {}
+    for q in test:
+        t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
+        groups.setdefault(t, []).append(q)
+    return {t: sample(groups[t], e["max_questions_per_type"], e["seed"]) for t in TYPES if t in groups}
+
+
+def refrag_ems(ckpt, tok, groups, kb, e):
+    """({type: [0/1 EM per question]}, {question id: prediction}) of a checkpoint in REFRAG mode,
+    exactly as evaluate answers and scores it."""
+    from nanochat_core.checkpoint import load_model
+    from nanochat_core.evaluation import score
+    from nanochat_core.inference import answer_questions
+    from nanochat_core.train import resolve_device
+    device = resolve_device(e["device"])
+    model, _ = load_model(ckpt, tok, device)
+    model.eval()
+    out, answers = {}, {}
+    for t, qs in groups.items():
+        preds = answer_questions(model, tok, qs, "refrag", kb, e["k"], e["retriever"], e["max_hops"],
+                                 e["max_new_tokens"], e["batch_size"])
+        out[t] = [r["em"] for r in score(qs, preds)]
+        answers.update({q["id"]: pr["prediction"] for q, pr in zip(qs, preds)})
+    return out, answers
+
+
+def summary(ems):
+    from nanochat_core.metrics import wilson_interval
+    return {t: {"n": len(v), "em": sum(v) / len(v), "em_ci": list(wilson_interval(sum(v), len(v)))}
+            for t, v in ems.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose dvc.yaml, params and data to use")
+    ap.add_argument("--seeds", type=int, nargs="+", help="rl_seed values (default: params.yaml's rl_seed)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="refrag_finetune.KEY=VALUE",
+                    help="overrides of refrag_finetune's rl_* keys, e.g. refrag_finetune.rl_group_size=32")
+    ap.add_argument("--train-on", choices=["train", "val"], default="train",
+                    help="val: a probe that trains on the val questions (selects nothing fairly)")
+    ap.add_argument("--work", type=Path, help="where the RL checkpoints go (default: a temporary directory)")
+    ap.add_argument("--out", type=Path, default=report_path("rl_runs"))
+    a = ap.parse_args(argv)
+    offline_env()
+    from nanochat_core import dvcfile, stages
+    from nanochat_core.common import read_jsonl
+    from nanochat_core.params import load_params, validate_params
+    from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.tokenizer import Tokenizer
+
+    root = a.root.resolve()
+    paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
+    params = load_params(root / "params.yaml")
+    for kv in a.set:
+        key, sep, value = kv.partition("=")
+        section, _, name = key.partition(".")
+        # Only RL's keys: anything else would describe a warm-up this run does not train.
+        if not sep or section != "refrag_finetune" or not name.startswith("rl_") or name not in params[section]:
+            ap.error(f"--set {kv}: expected refrag_finetune.rl_KEY=VALUE with an rl_* key of params.yaml "
+                     "(the warm-up is the clone's own checkpoint)")
+        params[section][name] = yaml.safe_load(value)
+    try:
+        params = validate_params(params, source="params.yaml with --set")
+    except ValueError as err:
+        ap.error(str(err))
+    for f in (paths["sft"], paths["qa"] / "test.jsonl", paths["kb"], paths["tokenizer"]):
+        if not f.exists():
+            raise SystemExit(f"{f} does not exist; run `dvc repro refrag_finetune` in {root} first")
+    seeds = a.seeds or [params["refrag_finetune"]["rl_seed"]]
+    tok_path = paths["tokenizer"] / "tokenizer.json"
+    tok = Tokenizer.load(tok_path)
+    kb = KnowledgeBase.load(paths["kb"])
+    train, val = read_jsonl(paths["qa"] / "train.jsonl"), read_jsonl(paths["qa"] / "val.jsonl")
+    e = params["evaluate"]
+    groups = groups_of(read_jsonl(paths["qa"] / "test.jsonl"), e)
+    if a.train_on == "val":
+        print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
+    warm, warm_answers = refrag_ems(paths["sft"], tok, groups, kb, e)
+    report = {"root": str(root), "set": a.set, "train_on": a.train_on, "probe": a.train_on == "val",
+              "documents_seed": params["documents"]["seed"], "machine": platform.node(), "split": "test",
+              "warm_up": summary(warm), "warm_up_predictions": warm_answers, "runs": []}
+    print("warm-up (REFRAG, test): " + ", ".join(f"{t} {r['em']:.3f} (n={r['n']})" for t, r in report["warm_up"].items()),
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = a.work or Path(tmp)
+        for seed in seeds:
+            p = {**params, "refrag_finetune": {**params["refrag_finetune"], "rl_seed": seed}}
+            out = work / f"rl_seed{seed}"
+            t0 = time.time()
+            s = stages.refrag_rl(p, paths["sft"], out, tok_path, val if a.train_on == "val" else train, val, kb)
+            ems, answers = refrag_ems(out, tok, groups, kb, e)
+            run = {"rl_seed": seed, "kept_step": s["rl_best_step"], "val_em": s["rl_best_val_em"],
+                   "seconds": round(time.time() - t0), "test": summary(ems),
+                   "rl_minus_warm_up": {t: paired(warm[t], ems[t]) for t in ems},
+                   "history": s["history"], "predictions": answers}
+            report["runs"].append(run)
+            print(f"rl_seed {seed}: kept step {run['kept_step']} (val {run['val_em']:.3f}), test RL - warm-up: "
+                  + ", ".join(f"{t} {d['diff']:+.3f} (+{d['gained']}/-{d['lost']}, n={d['n']})"
+                              for t, d in run["rl_minus_warm_up"].items()), flush=True)
+    atomic_write_json(a.out, report)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks.rl_runs: the paired RL-minus-warm-up arithmetic, and its command line's refusals (that
+its test EM is evaluate's, and its RL the pipeline's: tests/test_flows.py's pipeline test)."""
+import shutil
+
+import pytest
+
+from benchmarks import rl_runs
+from nanochat_core.common import REPO_ROOT
+
+
+def test_paired_difference_counts_gains_and_losses_on_the_same_questions():
+    warm = [1, 1, 0, 0, 1, 0, 1, 0]
+    rl = [1, 0, 1, 1, 1, 0, 1, 1]  # gains questions 2, 3, 7; loses question 1
+    d = rl_runs.paired(warm, rl)
+    assert (d["n"], d["gained"], d["lost"]) == (8, 3, 1)
+    assert d["diff"] == pytest.approx(2 / 8) == pytest.approx(sum(rl) / 8 - sum(warm) / 8)
+    # the sample sd of the per-question differences [0,-1,1,1,0,0,0,1] is sqrt(0.5), so 1.96 x sqrt(0.5/8)
+    assert d["hi"] - d["diff"] == pytest.approx(d["diff"] - d["lo"]) == pytest.approx(1.96 * 0.25)
+    same = rl_runs.paired(warm, warm)
+    assert (same["diff"], same["lo"], same["hi"], same["gained"], same["lost"]) == (0, 0, 0, 0, 0)
+
+
+def test_paired_refuses_lists_of_different_questions():
+    with pytest.raises(ValueError, match="equally long, non-empty EM lists; got 3 and 2"):
+        rl_runs.paired([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        rl_runs.paired([], [])
+
+
+def test_missing_warm_up_names_the_path_and_the_command(tmp_path):
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / f, tmp_path / f)
+    with pytest.raises(SystemExit, match=r"refrag_sft does not exist; run `dvc repro refrag_finetune`"):
+        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("kv, says", [
+    ("refrag_finetune.steps=10", "expected refrag_finetune.rl_KEY=VALUE"),  # the warm-up is not retrained
+    ("evaluate.k=5", "expected refrag_finetune.rl_KEY=VALUE"),
+    ("refrag_finetune.rl_sedd=3", "expected refrag_finetune.rl_KEY=VALUE"),
+    ("refrag_finetune.rl_group_size=1", "refrag_finetune.rl_group_size"),  # params validation names the key
+])
+def test_bad_overrides_are_refused_with_the_key(kv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        rl_runs.main(["--set", kv])
+    assert e.value.code == 2 and says in capsys.readouterr().err
