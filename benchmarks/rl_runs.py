@@ -9,7 +9,8 @@ pipeline's own code) from the clone's warm-up checkpoint with --set overrides, o
 of each kept checkpoint on evaluate's test questions (params' evaluate section: the same
 questions, batching and scoring as reports/metrics.json), per type with n and a 95% Wilson
 interval, and RL minus warm-up on the same questions: the difference, how many questions RL
-gained and lost, and a 95% interval of the paired difference (normal approximation).
+gained and lost, and a 95% interval of the paired difference (normal approximation: with few
+questions gained plus lost it is too narrow, zero-wide when none are, so read the counts too).
 
 Why: issue 11's point 2 is "RL beats its warm-up by >= 0.05, two seeds", and a setting costs one
 RL phase per seed, not a whole `dvc repro`. --train-on val is a probe, not a setting: RL trains on
@@ -43,16 +44,6 @@ def paired(warm, rl):
     half = 1.96 * sd / math.sqrt(n)
     return {"n": n, "diff": mean, "gained": sum(x > 0 for x in d), "lost": sum(x < 0 for x in d),
             "lo": mean - half, "hi": mean + half}
-
-
-def groups_of(test, e):
-    """evaluate's grouping and sampling of the test questions, for Table 1's types."""
-    from nanochat_core.evaluation import sample
-    groups = {}
-    for q in test:
-        t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
-        groups.setdefault(t, []).append(q)
-    return {t: sample(groups[t], e["max_questions_per_type"], e["seed"]) for t in TYPES if t in groups}
 
 
 def refrag_ems(ckpt, tok, groups, kb, e):
@@ -93,7 +84,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     offline_env()
     from nanochat_core import dvcfile, stages
+    from nanochat_core.checkpoint import checkpoint_hash, load_meta
     from nanochat_core.common import read_jsonl
+    from nanochat_core.evaluation import test_groups
     from nanochat_core.params import load_params, validate_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
@@ -106,23 +99,34 @@ def main(argv=None):
         section, _, name = key.partition(".")
         # Only RL's keys: anything else would describe a warm-up this run does not train.
         if not sep or section != "refrag_finetune" or not name.startswith("rl_") or name not in params[section]:
-            ap.error(f"--set {kv}: expected refrag_finetune.rl_KEY=VALUE with an rl_* key of params.yaml "
-                     "(the warm-up is the clone's own checkpoint)")
+            ap.error(f"--set {kv}: expected refrag_finetune.rl_KEY=VALUE with one of the rl_* keys of "
+                     "refrag_finetune (the warm-up is the clone's own checkpoint)")
+        if name == "rl_seed":
+            ap.error(f"--set {kv}: give RL's seeds with --seeds")
         params[section][name] = yaml.safe_load(value)
     try:
         params = validate_params(params, source="params.yaml with --set")
     except ValueError as err:
         ap.error(str(err))
-    for f in (paths["sft"], paths["qa"] / "test.jsonl", paths["kb"], paths["tokenizer"]):
+    for f in (paths["sft"], paths["parent"], *(paths["qa"] / f"{s}.jsonl" for s in ("train", "val", "test")),
+              paths["kb"], paths["tokenizer"] / "tokenizer.json"):
         if not f.exists():
             raise SystemExit(f"{f} does not exist; run `dvc repro refrag_finetune` in {root} first")
+    # The warm-up must be the one params.yaml describes now, or RL's questions would not be its.
+    want = stages.resume_key(params, ["refrag_finetune"], checkpoint_hash(paths["parent"]))
+    if load_meta(paths["sft"]).get("resume_key") != want:
+        raise SystemExit(f"{paths['sft']} was not trained with {root / 'params.yaml'}'s refrag_finetune section "
+                         f"(or from {paths['parent']}); run `dvc repro refrag_finetune` in {root} first")
+    if params["distributed"]["nproc_per_node"] * params["distributed"]["nnodes"] > 1:
+        print("rl_runs: runs in one process; the pipeline's RL under torchrun splits its rollouts over ranks, "
+              "so the same rl_seed samples differently here", flush=True)
     seeds = a.seeds or [params["refrag_finetune"]["rl_seed"]]
     tok_path = paths["tokenizer"] / "tokenizer.json"
     tok = Tokenizer.load(tok_path)
     kb = KnowledgeBase.load(paths["kb"])
     train, val = read_jsonl(paths["qa"] / "train.jsonl"), read_jsonl(paths["qa"] / "val.jsonl")
     e = params["evaluate"]
-    groups = groups_of(read_jsonl(paths["qa"] / "test.jsonl"), e)
+    groups = {t: qs for t, qs in test_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
     if a.train_on == "val":
         print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
     warm, warm_answers = refrag_ems(paths["sft"], tok, groups, kb, e)

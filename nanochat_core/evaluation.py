@@ -26,13 +26,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
     device = resolve_device(p["device"])
     kb = KnowledgeBase.load(kb_dir)
     tok = Tokenizer.load(tokenizer_path)
-    test = read_jsonl(Path(qa_dir) / "test.jsonl")
-    groups = {}
-    for q in test:
-        # a QA source's questions (e.g. squad_single) are reported apart from the world's
-        t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
-        groups.setdefault(t, []).append(q)
-    groups = {t: sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
+    groups = test_groups(read_jsonl(Path(qa_dir) / "test.jsonl"), p)
     results, predictions, final_doc = {}, [], {}
     for ck in p["checkpoints"]:
         model, _ = load_model(checkpoints[ck], tok, device)
@@ -56,6 +50,17 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                 if log:
                     log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
     return {"results": results, "headline": headline(results), "predictions": predictions, "final_doc": final_doc}
+
+
+def test_groups(test, p):
+    """The test questions evaluate answers, by reported type, each group sampled to at most
+    p["max_questions_per_type"] by p["seed"] (benchmarks.rl_runs uses the same questions)."""
+    groups = {}
+    for q in test:
+        # a QA source's questions (e.g. squad_single) are reported apart from the world's
+        t = "known_single" if q.get("known") else (f"{q['dataset']}_{q['type']}" if q.get("dataset") else q["type"])
+        groups.setdefault(t, []).append(q)
+    return {t: sample(qs, p["max_questions_per_type"], p["seed"]) for t, qs in sorted(groups.items())}
 
 
 def sample(records, n, seed):

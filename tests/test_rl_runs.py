@@ -45,3 +45,35 @@ def test_bad_overrides_are_refused_with_the_key(kv, says, capsys):
     with pytest.raises(SystemExit) as e:
         rl_runs.main(["--set", kv])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_rl_seed_goes_through_seeds_not_set(capsys):
+    with pytest.raises(SystemExit) as e:
+        rl_runs.main(["--set", "refrag_finetune.rl_seed=3"])
+    assert e.value.code == 2 and "give RL's seeds with --seeds" in capsys.readouterr().err
+
+
+def test_a_warm_up_from_other_params_is_refused(tmp_path):
+    """RL's questions and rates come from params.yaml, so a warm-up trained under another
+    refrag_finetune section (here: another seed) would not be the one those params describe."""
+    import torch
+
+    from nanochat_core import stages
+    from nanochat_core.checkpoint import checkpoint_hash, save_checkpoint
+    from nanochat_core.params import load_params
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / f, tmp_path / f)
+    for d in ("data/kb", "checkpoints/tokenizer"):
+        (tmp_path / d).mkdir(parents=True)
+    for f in ("data/qa/train.jsonl", "data/qa/val.jsonl", "data/qa/test.jsonl", "checkpoints/tokenizer/tokenizer.json"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("")
+    state = {"w": torch.zeros(2)}
+    save_checkpoint(tmp_path / "checkpoints/rag", 1, state, {"config": {}, "tokenizer_hash": "t", "lineage": {}})
+    other = load_params(tmp_path / "params.yaml")
+    other["refrag_finetune"]["seed"] += 1
+    key = stages.resume_key(other, ["refrag_finetune"], checkpoint_hash(tmp_path / "checkpoints/rag"))
+    save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
+                    {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
+    with pytest.raises(SystemExit, match=r"refrag_sft was not trained with .*params.yaml's refrag_finetune section"):
+        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
