@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks import report_path
+from benchmarks import apply_sets, report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
 
 STAGES = ["midtrain", "rag_finetune", "refrag_finetune"]
@@ -71,10 +69,11 @@ def main(argv=None):
     if any(x <= 0 for x in a.lr_scales):
         ap.error("every --lr-scales value must be > 0")
     offline_env()
-    from nanochat_core import dvcfile, rl, stages as st
+    from nanochat_core import dvcfile, rl
+    from nanochat_core import stages as st
     from nanochat_core.checkpoint import load_model
     from nanochat_core.common import read_jsonl
-    from nanochat_core.params import load_params, validate_params
+    from nanochat_core.params import load_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
 
@@ -82,14 +81,8 @@ def main(argv=None):
     dvc = dvcfile.load(root / "dvc.yaml")
     paths = {s: {k: root / v for k, v in dvcfile.stage_paths(s, dvc).items()} for s in STAGES}
     params = load_params(root / "params.yaml")
-    for kv in a.set:
-        key, sep, value = kv.partition("=")
-        section, _, name = key.partition(".")
-        if not sep or section not in params or name not in params[section]:
-            ap.error(f"--set {kv}: expected STAGE.KEY=VALUE with a key of params.yaml")
-        params[section][name] = yaml.safe_load(value)
     try:
-        params = validate_params(params, source="params.yaml with --set")
+        params = apply_sets(params, a.set)
     except ValueError as err:
         ap.error(str(err))
     first_parent = paths[a.first]["parent"]

@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from benchmarks import report_path
+from benchmarks import apply_sets, report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
 
 TYPES = ("2hop", "3hop", "single", "unanswerable")  # Table 1's columns
@@ -87,7 +85,7 @@ def main(argv=None):
     from nanochat_core.checkpoint import checkpoint_hash, load_meta
     from nanochat_core.common import read_jsonl
     from nanochat_core.evaluation import test_groups
-    from nanochat_core.params import load_params, validate_params
+    from nanochat_core.params import load_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
 
@@ -95,17 +93,12 @@ def main(argv=None):
     paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
     params = load_params(root / "params.yaml")
     for kv in a.set:
-        key, sep, value = kv.partition("=")
-        section, _, name = key.partition(".")
-        # Only RL's keys: anything else would describe a warm-up this run does not train.
-        if not sep or section != "refrag_finetune" or not name.startswith("rl_") or name not in params[section]:
-            ap.error(f"--set {kv}: expected refrag_finetune.rl_KEY=VALUE with one of the rl_* keys of "
-                     "refrag_finetune (the warm-up is the clone's own checkpoint)")
-        if name == "rl_seed":
+        if kv.partition("=")[0] == "refrag_finetune.rl_seed":
             ap.error(f"--set {kv}: give RL's seeds with --seeds")
-        params[section][name] = yaml.safe_load(value)
-    try:
-        params = validate_params(params, source="params.yaml with --set")
+    try:  # only RL's keys: anything else would describe a warm-up this run does not train
+        params = apply_sets(params, a.set, lambda section, name: section == "refrag_finetune" and name.startswith("rl_"),
+                            "refrag_finetune.rl_KEY=VALUE with one of the rl_* keys of refrag_finetune "
+                            "(the warm-up is the clone's own checkpoint)")
     except ValueError as err:
         ap.error(str(err))
     for f in (paths["sft"], paths["parent"], *(paths["qa"] / f"{s}.jsonl" for s in ("train", "val", "test")),
