@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nanochat_core import rag
+from nanochat_core import dvcfile, rag
 from nanochat_core.checkpoint import checkpoint_hash, load_model
-from nanochat_core.common import git_commit, hash_path, print0, read_jsonl
+from nanochat_core.common import REPO_ROOT, git_commit, hash_path, print0, read_jsonl, sha256_file
 from nanochat_core.data.questions import question_pools
 from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.tokenizer import Tokenizer
@@ -44,14 +44,37 @@ def make_lineage(stage, run=None, parent_ckpt=None, data=None):
     return lin
 
 
-def resume_key(params, sections, parent_hash):
-    """What a step checkpoint must match to be resumed from: the stage's params sections and
-    its parent (checkpoint or corpus). After a params change the stage starts over. The rl_*
-    keys configure refrag_finetune's RL phase, which runs after the warm-up and never resumes,
-    so they are left out: changing one (another rl_seed, say) reruns RL, not the warm-up."""
+# refrag_finetune's deps that only its RL phase runs; RL never resumes, so editing them reruns RL, not the warm-up
+RL_PHASE_CODE = ("nanochat_core/rl.py", "nanochat_core/inference.py", "nanochat_core/engine.py",
+                 "nanochat_core/metrics.py")
+
+
+def resume_key(params, sections, parent_hash, code_hash=""):
+    """What a step checkpoint must match to be resumed from: the stage's params sections, its
+    parent (checkpoint or corpus) and its code (stage_code_hash). After any of them changes the
+    stage starts over. The rl_* keys configure refrag_finetune's RL phase, which runs after the
+    warm-up and never resumes, so they are left out: changing one (another rl_seed, say) reruns
+    RL, not the warm-up."""
     sec = {k: {n: v for n, v in params[k].items() if not n.startswith("rl_")} for k in sections}
-    blob = json.dumps({"params": sec, "parent": parent_hash}, sort_keys=True)
+    blob = json.dumps({"params": sec, "parent": parent_hash, "code": code_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def stage_code_hash(stage, root=REPO_ROOT, skip=RL_PHASE_CODE):
+    """sha256 over the Python files among `stage`'s deps in root/dvc.yaml (every .py under a
+    listed folder), by path and content, leaving out `skip`. DVC reruns a stage when one of them
+    changes, and the rerun must train: checkpoint dirs persist, so without this a finished step
+    checkpoint made by the old code would be "resumed" and its stale weights handed back."""
+    h = hashlib.sha256()
+    for dep in sorted(dvcfile.listed(dvcfile.load(Path(root) / "dvc.yaml")[stage].get("deps"))):
+        path = Path(root) / dep
+        files = [path] if path.is_file() else sorted(path.rglob("*.py")) if path.is_dir() else []
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            if f.suffix == ".py" and rel not in skip:
+                h.update(rel.encode())
+                h.update(sha256_file(f).encode())
+    return h.hexdigest()
 
 
 def rngs(seed, *sources):
@@ -119,7 +142,8 @@ def pretrain(params, corpus_dir, out_dir, tokenizer_dir, run=None, log=None):
     torch.manual_seed(p["seed"])
     model = GPT(cfg)
     meta = {"config": cfg.to_dict(), "tokenizer_hash": tok.hash, "stage": "pretrain",
-            "resume_key": resume_key(params, ["tokenizer", "model", "pretrain"], hash_path(corpus_dir)),
+            "resume_key": resume_key(params, ["tokenizer", "model", "pretrain"], hash_path(corpus_dir),
+                                     stage_code_hash("pretrain")),
             "lineage": make_lineage("pretrain", run, None, {"corpus": corpus_dir})}
 
     def eval_fn(m):
@@ -276,7 +300,7 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
     train_rows = [r for i, r in enumerate(rendered) if i not in held]
     val = ConversationBatches([rendered[i] for i in sorted(held)], max_len, pad_id=tok.get_bos_token_id()) if held else None
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": stage,
-            "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir)),
+            "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir), stage_code_hash(stage)),
             "lineage": make_lineage(stage, run, parent_dir, data)}
     batches = ConversationBatches(train_rows, max_len, pad_id=tok.get_bos_token_id())
     if p["compile"]:

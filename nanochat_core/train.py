@@ -202,10 +202,10 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
         state, old_meta, optim_state = load_checkpoint(ckpt_dir, last, map_location=device, load_optim=True)
         if (old_meta.get("config") != meta.get("config") or old_meta.get("resume_key") != meta.get("resume_key")
                 or old_meta.get("world_size", 1) != world):
-            # Other params, another parent or another number of ranks (each draws its own
+            # Other params, parent or code, or another number of ranks (each draws its own
             # batches): under DVC this is an ordinary rerun, not a resume.
             if rank == 0:
-                print0(f"[{name}] {ckpt_dir} holds step {last} of a different run (params or parent changed); "
+                print0(f"[{name}] {ckpt_dir} holds step {last} of a different run (params, parent or code changed); "
                        "starting from step 0")
                 clear_checkpoints(ckpt_dir)
             last = None

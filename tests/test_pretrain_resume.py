@@ -9,9 +9,9 @@ import time
 
 import torch
 
-from nanochat_core import stages
+from nanochat_core import dvcfile, stages
 from nanochat_core.checkpoint import latest_step, load_checkpoint
-from nanochat_core.common import REPO_ROOT
+from nanochat_core.common import REPO_ROOT, hash_path
 
 TRAIN = dict(seed=0, steps=40, batch_size=4, grad_accum=1, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
              scalar_lr=0.004, weight_decay=0.0, warmup_frac=0.0, warmdown_frac=0.2, eval_every=0, eval_tokens=512,
@@ -67,3 +67,50 @@ def test_sigkilled_pretrain_resumes_and_matches(tmp_path, monkeypatch):
     wb, _, _ = load_checkpoint(b / "base")
     for name in wa:
         assert torch.allclose(wa[name], wb[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_stage_code_hash_follows_the_python_deps_in_dvc_yaml(tmp_path):
+    """The hash changes with the source of a listed .py file or a .py in a listed folder, and
+    with nothing else: bytecode caches, data files in a listed folder, unlisted files, or a
+    skipped file (the RL phase's modules, for the REFRAG warm-up)."""
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: x\n    deps:\n      - pkg\n      - one.py\n"
+                                       "      - rl.py\n      - data\n")
+    for f, text in {"pkg/a.py": "A = 1\n", "pkg/sub/b.py": "B = 1\n", "one.py": "C = 1\n", "rl.py": "R = 1\n",
+                    "data/x.jsonl": "{}\n", "other.py": "D = 1\n", "pkg/__pycache__/a.cpython-312.pyc": "x"}.items():
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text(text)
+
+    def h():
+        return stages.stage_code_hash("s", tmp_path, skip=("rl.py",))
+    base = h()
+    for f in ("pkg/__pycache__/a.cpython-312.pyc", "data/x.jsonl", "other.py", "rl.py"):
+        (tmp_path / f).write_text("changed")
+        assert h() == base, f
+    for f in ("pkg/sub/b.py", "one.py"):
+        before = h()
+        (tmp_path / f).write_text("changed = 2\n")
+        assert h() != before, f
+    assert stages.stage_code_hash("s", tmp_path, skip=()) != h()  # rl.py counts when not skipped
+    # the REFRAG warm-up's hash leaves out exactly the RL phase's modules, which are its deps
+    deps = set(dvcfile.listed(dvcfile.load(REPO_ROOT / "dvc.yaml")["refrag_finetune"]["deps"]))
+    assert set(stages.RL_PHASE_CODE) <= deps
+
+
+def test_a_finished_stage_rerun_by_other_code_trains_again(tmp_path, monkeypatch):
+    """Checkpoint dirs persist, so when DVC reruns a stage after a code change, the finished
+    step checkpoint must not be taken as a resume point: other code starts from step 0; the
+    same code finds the run complete and trains nothing."""
+    params = {**PARAMS, "pretrain": {**TRAIN, "steps": 4, "checkpoint_every": 2}}
+    make_corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = stages.pretrain(params, "corpus", "base", "tokenizer")
+    assert first["resumed_from"] is None
+    again = stages.pretrain(params, "corpus", "base", "tokenizer")
+    assert again["resumed_from"] == 4
+    real = stages.stage_code_hash
+    monkeypatch.setattr(stages, "stage_code_hash", lambda stage, *a, **k: "edited " + real(stage, *a, **k))
+    rerun = stages.pretrain(params, "corpus", "base", "tokenizer")
+    assert rerun["resumed_from"] is None
+    _, meta, _ = load_checkpoint(tmp_path / "base", 4)
+    assert meta["resume_key"] == stages.resume_key(params, ["tokenizer", "model", "pretrain"],
+                                                   hash_path(tmp_path / "corpus"), "edited " + real("pretrain"))

@@ -70,10 +70,16 @@ def test_a_warm_up_from_other_params_is_refused(tmp_path):
         (tmp_path / f).write_text("")
     state = {"w": torch.zeros(2)}
     save_checkpoint(tmp_path / "checkpoints/rag", 1, state, {"config": {}, "tokenizer_hash": "t", "lineage": {}})
+    params = load_params(tmp_path / "params.yaml")
     other = load_params(tmp_path / "params.yaml")
     other["refrag_finetune"]["seed"] += 1
-    key = stages.resume_key(other, ["refrag_finetune"], checkpoint_hash(tmp_path / "checkpoints/rag"))
-    save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
-                    {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
-    with pytest.raises(SystemExit, match=r"refrag_sft was not trained with .*params.yaml's refrag_finetune section"):
-        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    parent = checkpoint_hash(tmp_path / "checkpoints/rag")
+    code = stages.stage_code_hash("refrag_finetune", tmp_path)
+    # another refrag_finetune section, or the same one run by other code
+    for key in (stages.resume_key(other, ["refrag_finetune"], parent, code),
+                stages.resume_key(params, ["refrag_finetune"], parent, "other code")):
+        save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
+                        {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
+        with pytest.raises(SystemExit, match=r"refrag_sft was not trained with .*params.yaml's refrag_finetune "
+                                              r"section, from .*rag and by .*'s code"):
+            rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
