@@ -1,14 +1,15 @@
 """How much REFRAG's RL could gain from a checkpoint: greedy EM against what its own samples reach.
 
     python -m benchmarks.rl_headroom [--checkpoint checkpoints/refrag_sft] [--group 8]
-                                     [--temperatures 0.5 1.0] [--split val] [--out PATH]
+                                     [--temperatures 0.5 1.0] [--split val] [--by relation] [--out PATH]
 
 For every question of refrag_finetune.rl_question_types in the split, per type: greedy REFRAG EM,
 the mean EM of --group samples at each temperature, pass@G (some sample right) and grounded
 pass@G (some sample right with the question's whole gold chain shown, so not a lucky guess
 among a few dozen cities). REINFORCE with a group baseline can only move probability toward
 answers its samples find, so where greedy EM is close to grounded pass@G there is little for it
-to learn. Paths come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
+to learn. --by relation splits each type by the question's relation chain (say
+company.founded_by.born_in), which shows where the samples never reach. Paths come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
 clone's. Writes a JSON report (default benchmarks/results/rl_headroom.json).
 """
 import argparse
@@ -20,6 +21,15 @@ from benchmarks import report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
 
 
+def by_relation(questions, run):
+    """run(questions) -> {type: row}, once per relation chain: {"<type> <relation>": row}."""
+    rows = {}
+    for rel in sorted({q.get("relation", "") for q in questions}):
+        for typ, row in run([q for q in questions if q.get("relation", "") == rel]).items():
+            rows[f"{typ} {rel}"] = row
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose dvc.yaml, params and data to use")
@@ -28,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1.0])
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--by", choices=["type", "relation"], default="type", help="rows per question type, or per "
+                    "type and relation chain")
     ap.add_argument("--out", type=Path, default=report_path("rl_headroom"))
     a = ap.parse_args(argv)
     if a.group < 1 or any(t <= 0 for t in a.temperatures):
@@ -62,11 +74,14 @@ def main(argv=None):
               "by_temperature": {}}
     for t in a.temperatures:
         t0 = time.time()
-        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed)
+        def run(subset):
+            return headroom(model, tok, subset, kb, rp, a.group, t, seed=a.seed)
+        rows = run(qs) if a.by == "type" else by_relation(qs, run)
         report["by_temperature"][str(t)] = rows
         print(f"temperature {t} ({time.time() - t0:.0f}s):")
+        width = max(map(len, rows), default=0)
         for typ, r in rows.items():
-            print(f"  {typ:12s} n={r['n']:3d} greedy {r['greedy']:.3f} | sample mean {r['sample_mean']:.3f} | "
+            print(f"  {typ:{width}s} n={r['n']:3d} greedy {r['greedy']:.3f} | sample mean {r['sample_mean']:.3f} | "
                   f"pass@{a.group} {r['pass_at_g']:.3f} | grounded pass@{a.group} {r['grounded_pass_at_g']:.3f}")
     atomic_write_json(a.out, report)
     print(f"wrote {a.out}")
