@@ -106,8 +106,7 @@ def main(argv=None):
         if not f.exists():
             raise SystemExit(f"{f} does not exist; run `dvc repro refrag_finetune` in {root} first")
     # The warm-up must be the one params.yaml describes now, or RL's questions would not be its.
-    want = stages.resume_key(params, ["refrag_finetune"], checkpoint_hash(paths["parent"]),
-                             stages.stage_code_hash("refrag_finetune", root))
+    want = stages.stage_resume_key(params, "refrag_finetune", checkpoint_hash(paths["parent"]), root)
     if load_meta(paths["sft"]).get("resume_key") != want:
         raise SystemExit(f"{paths['sft']} was not trained with {root / 'params.yaml'}'s refrag_finetune section, "
                          f"from {paths['parent']} and by {root}'s code; run `dvc repro refrag_finetune` in {root} first")

@@ -65,6 +65,11 @@ def outputs(stage, stages=None):
     return [p for key in ("outs", "metrics", "plots") for p in listed(e.get(key))]
 
 
+def deps(stage, stages=None):
+    """The stage's deps (paths), as listed."""
+    return list(listed(_entry(stages if stages is not None else load(), stage).get("deps")))
+
+
 def sections(stage, stages=None):
     """The params.yaml sections the stage reads (its `params:`)."""
     return [p for p in _entry(stages if stages is not None else load(), stage).get("params", []) if isinstance(p, str)]
@@ -73,8 +78,8 @@ def sections(stage, stages=None):
 def parents(stage, stages=None):
     """The stages whose outputs this stage depends on, in pipeline order."""
     stages = stages if stages is not None else load()
-    deps = list(listed(_entry(stages, stage).get("deps")))
+    stage_deps = deps(stage, stages)
 
     def inside(path, root):
         return path == root or path.startswith(root.rstrip("/") + "/")
-    return [s for s in stages if s != stage and any(inside(d, o) for d in deps for o in outputs(s, stages))]
+    return [s for s in stages if s != stage and any(inside(d, o) for d in stage_deps for o in outputs(s, stages))]

@@ -44,7 +44,9 @@ def make_lineage(stage, run=None, parent_ckpt=None, data=None):
     return lin
 
 
-# refrag_finetune's deps that only its RL phase runs; RL never resumes, so editing them reruns RL, not the warm-up
+# Deps whose edits cannot change a checkpoint's weights, left out of stage_code_hash: the loss-plot
+# writer, and refrag_finetune's RL-phase modules (RL never resumes, so editing them reruns RL, not the warm-up).
+OUTPUT_ONLY_CODE = ("nanochat_core/report.py",)
 RL_PHASE_CODE = ("nanochat_core/rl.py", "nanochat_core/inference.py", "nanochat_core/engine.py",
                  "nanochat_core/metrics.py")
 
@@ -60,21 +62,30 @@ def resume_key(params, sections, parent_hash, code_hash=""):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def stage_code_hash(stage, root=REPO_ROOT, skip=RL_PHASE_CODE):
+def stage_code_hash(stage, root=REPO_ROOT, skip=None):
     """sha256 over the Python files among `stage`'s deps in root/dvc.yaml (every .py under a
-    listed folder), by path and content, leaving out `skip`. DVC reruns a stage when one of them
-    changes, and the rerun must train: checkpoint dirs persist, so without this a finished step
-    checkpoint made by the old code would be "resumed" and its stale weights handed back."""
+    listed folder), by path and content, leaving out `skip` (default: OUTPUT_ONLY_CODE, plus
+    RL_PHASE_CODE for refrag_finetune). DVC reruns a stage when one of them changes, and the
+    rerun must train: checkpoint dirs persist, so without this a finished step checkpoint made
+    by the old code would be "resumed" and its stale weights handed back."""
+    if skip is None:
+        skip = OUTPUT_ONLY_CODE + (RL_PHASE_CODE if stage == "refrag_finetune" else ())
     h = hashlib.sha256()
-    for dep in sorted(dvcfile.listed(dvcfile.load(Path(root) / "dvc.yaml")[stage].get("deps"))):
+    for dep in sorted(dvcfile.deps(stage, dvcfile.load(Path(root) / "dvc.yaml"))):
         path = Path(root) / dep
         files = [path] if path.is_file() else sorted(path.rglob("*.py")) if path.is_dir() else []
         for f in files:
             rel = f.relative_to(root).as_posix()
-            if f.suffix == ".py" and rel not in skip:
+            if f.suffix == ".py" and f.is_file() and rel not in skip:  # is_file: not a dangling editor lock link
                 h.update(rel.encode())
                 h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def stage_resume_key(params, stage, parent_hash, root=REPO_ROOT):
+    """A fine-tuning stage's resume key (its own params section, parent checkpoint and code);
+    benchmarks.rl_runs checks a warm-up against it."""
+    return resume_key(params, [stage], parent_hash, stage_code_hash(stage, root))
 
 
 def rngs(seed, *sources):
@@ -300,7 +311,7 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
     train_rows = [r for i, r in enumerate(rendered) if i not in held]
     val = ConversationBatches([rendered[i] for i in sorted(held)], max_len, pad_id=tok.get_bos_token_id()) if held else None
     meta = {"config": model.config.to_dict(), "tokenizer_hash": tok.hash, "stage": stage,
-            "resume_key": resume_key(params, [stage], checkpoint_hash(parent_dir), stage_code_hash(stage)),
+            "resume_key": stage_resume_key(params, stage, checkpoint_hash(parent_dir)),
             "lineage": make_lineage(stage, run, parent_dir, data)}
     batches = ConversationBatches(train_rows, max_len, pad_id=tok.get_bos_token_id())
     if p["compile"]:

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from nanochat_core import dvcfile, stages
-from nanochat_core.checkpoint import latest_step, load_checkpoint
+from nanochat_core.checkpoint import checkpoint_hash, latest_step, load_checkpoint
 from nanochat_core.common import REPO_ROOT, hash_path
 
 TRAIN = dict(seed=0, steps=40, batch_size=4, grad_accum=1, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004,
@@ -82,6 +83,7 @@ def test_stage_code_hash_follows_the_python_deps_in_dvc_yaml(tmp_path):
 
     def h():
         return stages.stage_code_hash("s", tmp_path, skip=("rl.py",))
+    (tmp_path / "pkg" / ".#lock.py").symlink_to(tmp_path / "nowhere")  # an editor's dangling lock link
     base = h()
     for f in ("pkg/__pycache__/a.cpython-312.pyc", "data/x.jsonl", "other.py", "rl.py"):
         (tmp_path / f).write_text("changed")
@@ -92,25 +94,33 @@ def test_stage_code_hash_follows_the_python_deps_in_dvc_yaml(tmp_path):
         assert h() != before, f
     assert stages.stage_code_hash("s", tmp_path, skip=()) != h()  # rl.py counts when not skipped
     # the REFRAG warm-up's hash leaves out exactly the RL phase's modules, which are its deps
-    deps = set(dvcfile.listed(dvcfile.load(REPO_ROOT / "dvc.yaml")["refrag_finetune"]["deps"]))
+    deps = set(dvcfile.deps("refrag_finetune", dvcfile.load(REPO_ROOT / "dvc.yaml")))
     assert set(stages.RL_PHASE_CODE) <= deps
+    with pytest.raises(ValueError, match="unknown stage 'pretrian'"):
+        stages.stage_code_hash("pretrian")
 
 
 def test_a_finished_stage_rerun_by_other_code_trains_again(tmp_path, monkeypatch):
     """Checkpoint dirs persist, so when DVC reruns a stage after a code change, the finished
     step checkpoint must not be taken as a resume point: other code starts from step 0; the
-    same code finds the run complete and trains nothing."""
-    params = {**PARAMS, "pretrain": {**TRAIN, "steps": 4, "checkpoint_every": 2}}
+    same code finds the run complete and trains nothing. Pretrain, then a fine-tune from it."""
+    mid = {**TRAIN, "steps": 3, "checkpoint_every": 3, "max_len": 32, "eval_tokens": 0}
+    params = {**PARAMS, "pretrain": {**TRAIN, "steps": 4, "checkpoint_every": 2}, "midtrain": mid}
+    convs = [[{"role": "user", "content": f"Where was Ada {i} born?"}, {"role": "assistant", "content": "Kudedar"}]
+             for i in range(12)]
     make_corpus(tmp_path)
     monkeypatch.chdir(tmp_path)
-    first = stages.pretrain(params, "corpus", "base", "tokenizer")
-    assert first["resumed_from"] is None
-    again = stages.pretrain(params, "corpus", "base", "tokenizer")
-    assert again["resumed_from"] == 4
+
+    def both():
+        return (stages.pretrain(params, "corpus", "base", "tokenizer"),
+                stages.finetune("midtrain", params, convs, "base", "mid", "tokenizer/tokenizer.json"))
+    assert [s["resumed_from"] for s in both()] == [None, None]
+    assert [s["resumed_from"] for s in both()] == [4, 3]  # same code: complete, nothing trained
     real = stages.stage_code_hash
     monkeypatch.setattr(stages, "stage_code_hash", lambda stage, *a, **k: "edited " + real(stage, *a, **k))
-    rerun = stages.pretrain(params, "corpus", "base", "tokenizer")
-    assert rerun["resumed_from"] is None
+    assert [s["resumed_from"] for s in both()] == [None, None]
     _, meta, _ = load_checkpoint(tmp_path / "base", 4)
     assert meta["resume_key"] == stages.resume_key(params, ["tokenizer", "model", "pretrain"],
                                                    hash_path(tmp_path / "corpus"), "edited " + real("pretrain"))
+    _, meta, _ = load_checkpoint(tmp_path / "mid", 3)
+    assert meta["resume_key"] == stages.stage_resume_key(params, "midtrain", checkpoint_hash(tmp_path / "base"))

@@ -53,7 +53,7 @@ def test_rl_seed_goes_through_seeds_not_set(capsys):
     assert e.value.code == 2 and "give RL's seeds with --seeds" in capsys.readouterr().err
 
 
-def test_a_warm_up_from_other_params_is_refused(tmp_path):
+def test_a_warm_up_from_other_params_or_code_is_refused(tmp_path):
     """RL's questions and rates come from params.yaml, so a warm-up trained under another
     refrag_finetune section (here: another seed) would not be the one those params describe."""
     import torch
@@ -83,3 +83,10 @@ def test_a_warm_up_from_other_params_is_refused(tmp_path):
         with pytest.raises(SystemExit, match=r"refrag_sft was not trained with .*params.yaml's refrag_finetune "
                                               r"section, from .*rag and by .*'s code"):
             rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    # the key the stage itself writes gets past the check (and on to the empty stand-in files)
+    key = stages.resume_key(params, ["refrag_finetune"], parent, stages.stage_code_hash("refrag_finetune", tmp_path))
+    save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
+                    {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
+    with pytest.raises(Exception) as err:
+        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert "was not trained" not in str(err.value)
