@@ -9,7 +9,8 @@ pass@G (some sample right with the question's whole gold chain shown, so not a l
 among a few dozen cities). REINFORCE with a group baseline can only move probability toward
 answers its samples find, so where greedy EM is close to grounded pass@G there is little for it
 to learn. --by relation splits each type by the question's relation chain (say
-company.founded_by.born_in), which shows where the samples never reach. Paths come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
+company.founded_by.born_in; the same rollouts), which shows where the samples never reach. Paths
+come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
 clone's. Writes a JSON report (default benchmarks/results/rl_headroom.json).
 """
 import argparse
@@ -19,15 +20,6 @@ from pathlib import Path
 
 from benchmarks import report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
-
-
-def by_relation(questions, run):
-    """run(questions) -> {type: row}, once per relation chain: {"<type> <relation>": row}."""
-    rows = {}
-    for rel in sorted({q.get("relation", "") for q in questions}):
-        for typ, row in run([q for q in questions if q.get("relation", "") == rel]).items():
-            rows[f"{typ} {rel}"] = row
-    return rows
 
 
 def main(argv=None):
@@ -69,14 +61,13 @@ def main(argv=None):
     kb = KnowledgeBase.load(paths["kb"])
     qs = [q for q in read_jsonl(split) if q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]]
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
-    report = {"checkpoint": str(ckpt), "step": meta.get("step"), "split": a.split, "group": a.group,
+    report = {"checkpoint": str(ckpt), "step": meta.get("step"), "split": a.split, "group": a.group, "by": a.by,
               "documents_seed": params["documents"]["seed"], "machine": platform.node(),
               "by_temperature": {}}
     for t in a.temperatures:
         t0 = time.time()
-        def run(subset):
-            return headroom(model, tok, subset, kb, rp, a.group, t, seed=a.seed)
-        rows = run(qs) if a.by == "type" else by_relation(qs, run)
+        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed,
+                        key=None if a.by == "type" else lambda q: f"{q['type']} {q.get('relation', '')}")
         report["by_temperature"][str(t)] = rows
         print(f"temperature {t} ({time.time() - t0:.0f}s):")
         width = max(map(len, rows), default=0)

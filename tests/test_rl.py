@@ -199,6 +199,9 @@ def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
     got = rl.headroom(_model(), None, [q1, q2], None, p, group_size=4, temperature=1.0)
     assert got["2hop"] == {"n": 1, "greedy": 0.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 1.0}
     assert got["3hop"] == {"n": 1, "greedy": 1.0, "sample_mean": 0.25, "pass_at_g": 1.0, "grounded_pass_at_g": 0.0}
+    # rows by another key come from the same rollouts (one pass, the same batches and seeds)
+    by = rl.headroom(_model(), None, [q1, q2], None, p, group_size=4, temperature=1.0, key=lambda q: q["id"])
+    assert by == {"q1": got["2hop"], "q2": got["3hop"]}
 
 
 def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decoder_picked():

@@ -22,16 +22,3 @@ def test_bad_arguments_are_refused(args, capsys):
         rl_headroom.main(args)
     assert e.value.code == 2 and "--group must be >= 1" in capsys.readouterr().err
 
-
-def test_by_relation_splits_each_type_by_its_relation_chain():
-    qs = [{"type": "2hop", "relation": "company.founded_by.born_in"}, {"type": "2hop", "relation": "person.born_in.located_in"},
-          {"type": "2hop", "relation": "company.founded_by.born_in"}, {"type": "3hop", "relation": "person.born_in.located_in"}]
-
-    def run(subset):  # a stand-in for rl.headroom: one row per type with its question count
-        out = {}
-        for q in subset:
-            out.setdefault(q["type"], {"n": 0})["n"] += 1
-        return out
-    rows = rl_headroom.by_relation(qs, run)
-    assert rows == {"2hop company.founded_by.born_in": {"n": 2}, "2hop person.born_in.located_in": {"n": 1},
-                    "3hop person.born_in.located_in": {"n": 1}}
