@@ -92,10 +92,11 @@ def headline_sentence(results, headline, heldout):
             f"held-out-entity questions ({', '.join(heldout)}): {rates}; {verdict}.")
 
 
-def markdown_report(results, headline, path, heldout, final_doc=None):
+def markdown_report(results, headline, path, heldout, final_doc=None, by_relation=None):
     """The evaluation report: the headline sentence, the headline numbers, then Table 1, one table
     per question type with a row per checkpoint x mode, then (final_doc: evaluate's
-    {ckpt: {type: where_final_doc}}) where REFRAG's multi-hop answers fail. `heldout`: the
+    {ckpt: {type: where_final_doc}}) where REFRAG's multi-hop answers fail, then (by_relation:
+    evaluate's {ckpt: {mode: {type: em_by_relation}}}) EM per relation chain. `heldout`: the
     question types the headline's hallucination rates pool."""
     lines = ["# Evaluation", "", headline_sentence(results, headline, heldout), "",
              "Headline (test questions; EM = exact match):", ""]
@@ -134,6 +135,8 @@ def markdown_report(results, headline, path, heldout, final_doc=None):
                              f"{_fmt(r.get('retrieval_recall'))} |")
     if final_doc:
         lines += final_doc_table(final_doc)
+    if by_relation:
+        lines += relation_table(by_relation)
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
@@ -153,4 +156,28 @@ def final_doc_table(final_doc):
         for t, cats in by_type.items():
             cells = [f"{cats[c]['n']}, {_fmt(cats[c]['em'])}, {_fmt(cats[c].get('named'))}" for c in FINAL_DOC]
             lines.append(f"| {ck} | {t} | " + " | ".join(cells) + f" | {_fmt(cats['never']['no_search'])} |")
+    return lines
+
+
+def relation_table(by_relation):
+    """EM per (type, relation chain), one column per checkpoint x mode that reads documents
+    (closed-book answers about held-out people are wrong by construction)."""
+    cols = [(ck, mode) for ck, modes in by_relation.items() for mode in modes if mode != "closed_book"]
+    rows = {}
+    for ck, mode in cols:
+        for t, rels in by_relation[ck][mode].items():
+            for rel, r in rels.items():
+                rows.setdefault((t, rel), {})[(ck, mode)] = r
+    lines = ["", "## EM by relation chain", "",
+             "Each question type split by what its questions ask (n questions per row): a chain that fails "
+             "everywhere is hidden in its type's mean.", "",
+             "| type | relation | n | " + " | ".join(f"{ck} {mode}" for ck, mode in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    types = [t for t in TYPES if any(k[0] == t for k in rows)] + sorted({k[0] for k in rows} - set(TYPES))
+    for t in types:
+        for (tt, rel), cells in sorted(rows.items()):
+            if tt == t:
+                n = next(iter(cells.values()))["n"]
+                lines.append(f"| {t} | {rel} | {n} | " + " | ".join(_fmt(cells[c]["em"]) if c in cells else ""
+                                                                  for c in cols) + " |")
     return lines

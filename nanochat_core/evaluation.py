@@ -20,14 +20,15 @@ from nanochat_core.train import resolve_device
 def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
     """Every checkpoint in params.evaluate.checkpoints ({name: dir} in `checkpoints`) x mode x
     question type on the test questions. Returns {"results": {ckpt: {mode: {type: metrics}}},
-    "headline": {...}, "predictions": [...], "final_doc": {ckpt: {type: where_final_doc(...)}}}
-    (final_doc: REFRAG mode's multi-hop questions)."""
+    "headline": {...}, "predictions": [...], "final_doc": {ckpt: {type: where_final_doc(...)}},
+    "by_relation": {ckpt: {mode: {type: em_by_relation(...)}}}} (final_doc: REFRAG mode's
+    multi-hop questions)."""
     p = params["evaluate"]
     device = resolve_device(p["device"])
     kb = KnowledgeBase.load(kb_dir)
     tok = Tokenizer.load(tokenizer_path)
     groups = test_groups(read_jsonl(Path(qa_dir) / "test.jsonl"), p)
-    results, predictions, final_doc = {}, [], {}
+    results, predictions, final_doc, by_relation = {}, [], {}, {}
     for ck in p["checkpoints"]:
         model, _ = load_model(checkpoints[ck], tok, device)
         model.eval()
@@ -42,6 +43,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                 # the latency of one question asked alone.
                 agg["latency_s"] = seconds / len(qs)
                 results.setdefault(ck, {}).setdefault(mode, {})[t] = agg
+                by_relation.setdefault(ck, {}).setdefault(mode, {})[t] = em_by_relation(qs, preds)
                 predictions += [{"checkpoint": ck, "mode": mode, **pr} for pr in preds]
                 if mode == "refrag" and t in MULTI_HOP:
                     final_doc.setdefault(ck, {})[t] = where_final_doc(qs, preds)
@@ -49,7 +51,8 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                        f"F1 {agg['f1']:.3f} halluc {agg['hallucinated']:.3f} unsupported {agg['unsupported']:.3f}")
                 if log:
                     log({f"{ck}.{mode}.{t}.em": agg["em"]}, None)
-    return {"results": results, "headline": headline(results), "predictions": predictions, "final_doc": final_doc}
+    return {"results": results, "headline": headline(results), "predictions": predictions, "final_doc": final_doc,
+            "by_relation": by_relation}
 
 
 def test_groups(test, p):
@@ -128,6 +131,18 @@ def score(questions, predictions):
 
 MULTI_HOP = ("2hop", "3hop")
 FINAL_DOC = {"search": "after a follow-up search", "hop1": "in hop 1's block (read back)", "never": "never shown"}
+
+
+def em_by_relation(questions, predictions):
+    """{relation chain: {"n", "em"}}: a type's EM split by what its questions ask (say
+    company.founded_by.born_in), since one failing chain hides in a type's mean; "" for
+    questions that name no relation."""
+    out = {}
+    for q, p in zip(questions, predictions):
+        r = out.setdefault(q.get("relation", ""), {"n": 0, "em": 0.0})
+        r["n"] += 1
+        r["em"] += exact_match(p["prediction"], q["answers"])
+    return {rel: {"n": r["n"], "em": r["em"] / r["n"]} for rel, r in sorted(out.items())}
 
 
 def where_final_doc(questions, predictions):

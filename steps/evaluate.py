@@ -21,8 +21,9 @@ def run(inputs, params, paths, log, ctx):
 def save(result, params, paths):
     results = result["results"]
     atomic_write_json(paths["metrics"], {"headline": result["headline"], "results": results,
-                                         "final_doc": result["final_doc"]})
-    markdown_report(results, result["headline"], paths["report"], evaluation.HELD_OUT, result["final_doc"])
+                                         "final_doc": result["final_doc"], "by_relation": result["by_relation"]})
+    markdown_report(results, result["headline"], paths["report"], evaluation.HELD_OUT, result["final_doc"],
+                    result["by_relation"])
     eval_plot(results, paths["plot_csv"], paths["plot_png"], paths["table"])
     rates = {ck: {mode: evaluation.heldout_rate(results, ck, mode) for mode in modes} for ck, modes in results.items()}
     hallucination_plot(rates, paths["halluc_csv"], paths["halluc_png"])

@@ -357,6 +357,14 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
         for t, cats in by_type.items():
             assert sum(c["n"] for c in cats.values()) == m["results"][ck]["refrag"][t]["n"] > 0, (ck, t)
     assert "## Where REFRAG's multi-hop answers fail" in (tmp_path / "reports" / "report.md").read_text()
+    # EM by relation chain covers every answer of every checkpoint x mode x type, and adds up to its EM.
+    for ck, modes in m["results"].items():
+        for mode, by_type in modes.items():
+            for t, agg in by_type.items():
+                rels = m["by_relation"][ck][mode][t]
+                assert sum(r["n"] for r in rels.values()) == agg["n"], (ck, mode, t)
+                assert sum(r["em"] * r["n"] for r in rels.values()) == pytest.approx(agg["em"] * agg["n"]), (ck, mode, t)
+    assert "## EM by relation chain" in (tmp_path / "reports" / "report.md").read_text()
     # benchmarks.rl_runs reruns RL outside DVC: from the same warm-up and rl_seed its rollouts get
     # the pipeline's rewards step by step and it keeps the same step; it answers evaluate's test
     # questions with evaluate's answers (the micro model's EM is mostly 0, so answers are compared).

@@ -219,3 +219,26 @@ def test_multi_hop_answers_are_split_by_where_the_final_document_was_shown(tmp_p
     text = path.read_text()
     assert "## Where REFRAG's multi-hop answers fail" in text
     assert "| refrag | 2hop | 2, 0.500, 0.500 | 3, 0.333, 0.333 | 2, 0.500, 0.000 | 0.500 |" in text
+
+
+def test_em_by_relation_splits_a_type_by_its_chains_and_the_report_shows_them(tmp_path):
+    """EM per relation chain adds back up to the type's n and EM, and report.md gets one row per
+    (type, chain) with a column per checkpoint x mode that reads documents (closed-book left out)."""
+    from nanochat_core.evaluation import em_by_relation
+    qs = [{"relation": "company.founded_by.born_in", "answers": ["Kiko"]},
+          {"relation": "company.founded_by.born_in", "answers": ["Vessa"]},
+          {"relation": "person.born_in.located_in", "answers": ["Palmora"]}, {"answers": ["Ada"]}]
+    preds = [{"prediction": "kiko."}, {"prediction": "Kiko"}, {"prediction": "Palmora"}, {"prediction": "Ada"}]
+    got = em_by_relation(qs, preds)
+    assert got == {"": {"n": 1, "em": 1.0}, "company.founded_by.born_in": {"n": 2, "em": 0.5},
+                   "person.born_in.located_in": {"n": 1, "em": 1.0}}
+    assert sum(r["n"] for r in got.values()) == len(qs)
+    assert sum(r["em"] * r["n"] for r in got.values()) == 3
+    by_relation = {"refrag": {"closed_book": {"2hop": got}, "refrag": {"2hop": got}},
+                   "rag": {"rag": {"2hop": {"company.founded_by.born_in": {"n": 2, "em": 0.0}}}}}
+    path = tmp_path / "report.md"
+    markdown_report({}, {}, path, HELD_OUT, None, by_relation)
+    text = path.read_text()
+    assert "| type | relation | n | refrag refrag | rag rag |" in text
+    assert "| 2hop | company.founded_by.born_in | 2 | 0.500 | 0.000 |" in text
+    assert "| 2hop | person.born_in.located_in | 1 | 1.000 |  |" in text
