@@ -129,11 +129,11 @@ def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32):
 
 
 def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8, key=None):
-    """What RL could reach from `model`: per question type (or per key(question)), greedy REFRAG EM, the mean EM of
-    group_size samples at `temperature`, pass@G (some sample right) and grounded pass@G (some
-    sample right with every gold document shown, so not a lucky guess). REINFORCE only moves
-    probability toward what its samples reach, so greedy EM near grounded pass@G leaves it
-    little to find. p: k, retriever, max_hops, max_new_tokens."""
+    """What RL could reach from `model`: per question type (or per key(question)), greedy REFRAG
+    EM, the mean EM of group_size samples at `temperature`, pass@G (some sample right) and
+    grounded pass@G (some sample right with every gold document shown, so not a lucky guess).
+    REINFORCE only moves probability toward what its samples reach, so greedy EM near grounded
+    pass@G leaves it little to find. p: k, retriever, max_hops, max_new_tokens."""
     args = (kb, p["k"], p["retriever"], p["max_hops"], p["max_new_tokens"])
     model.eval()
     per = {}
@@ -146,8 +146,8 @@ def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0
             group = samples[j * group_size:(j + 1) * group_size]
             ems = [exact_match(r["prediction"], q["answers"]) for r in group]
             grounded = [e and chain_shown(q, r["documents"]) for e, r in zip(ems, group)]
-            row = per.setdefault(key(q) if key else q["type"], {"n": 0, "greedy": 0.0, "sample_mean": 0.0, "pass_at_g": 0.0,
-                                             "grounded_pass_at_g": 0.0})
+            row = per.setdefault(key(q) if key else q["type"], {"n": 0, "greedy": 0.0, "sample_mean": 0.0,
+                                                                "pass_at_g": 0.0, "grounded_pass_at_g": 0.0})
             row["n"] += 1
             row["greedy"] += exact_match(greedy[j]["prediction"], q["answers"])
             row["sample_mean"] += sum(ems) / group_size
