@@ -84,7 +84,7 @@ def main(argv=None):
     from nanochat_core import dvcfile, stages
     from nanochat_core.checkpoint import checkpoint_hash, load_meta
     from nanochat_core.common import read_jsonl
-    from nanochat_core.evaluation import test_groups
+    from nanochat_core.evaluation import question_groups
     from nanochat_core.params import load_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
@@ -119,7 +119,7 @@ def main(argv=None):
     kb = KnowledgeBase.load(paths["kb"])
     train, val = read_jsonl(paths["qa"] / "train.jsonl"), read_jsonl(paths["qa"] / "val.jsonl")
     e = params["evaluate"]
-    groups = {t: qs for t, qs in test_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
+    groups = {t: qs for t, qs in question_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
     if a.train_on == "val":
         print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
     warm, warm_answers = refrag_ems(paths["sft"], tok, groups, kb, e)

@@ -27,7 +27,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
     device = resolve_device(p["device"])
     kb = KnowledgeBase.load(kb_dir)
     tok = Tokenizer.load(tokenizer_path)
-    groups = test_groups(read_jsonl(Path(qa_dir) / "test.jsonl"), p)
+    groups = question_groups(read_jsonl(Path(qa_dir) / "test.jsonl"), p)
     results, predictions, final_doc, by_relation = {}, [], {}, {}
     for ck in p["checkpoints"]:
         model, _ = load_model(checkpoints[ck], tok, device)
@@ -55,7 +55,7 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
             "by_relation": by_relation}
 
 
-def test_groups(test, p):
+def question_groups(test, p):
     """The test questions evaluate answers, by reported type, each group sampled to at most
     p["max_questions_per_type"] by p["seed"] (benchmarks.rl_runs uses the same questions)."""
     groups = {}

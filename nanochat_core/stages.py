@@ -112,7 +112,7 @@ def tokenizer_texts(records, max_chars):
     the world (cities, companies, universities, relation phrases) is shared by train and test
     questions, and merging it matters: on real text alone "Gafi University" is 8 tokens and
     " Goraze" is " "+"G"+"or"+"a"+"ze", so every answer starts with a bare capital letter that
-    a tiny model cannot tell apart from any other (README, Status)."""
+    a tiny model cannot tell apart from any other."""
     picked, budget = [], max_chars
     for r in records:
         if budget <= 0:
