@@ -112,9 +112,7 @@ def markdown_report(results, headline, path, heldout, final_doc=None, by_relatio
               "cited; (n) is how many answers each is defined for.",
               "- hops: documents blocks seen per answer; s/answer: wall-clock time of the group's answering "
               "(batched, per answer); retrieval recall: every hop's gold documents shown in any block."]
-    types = [t for t in TYPES if any(t in m for modes in results.values() for m in modes.values())]
-    types += sorted({t for modes in results.values() for m in modes.values() for t in m} - set(types))
-    for t in types:
+    for t in ordered_types({t for modes in results.values() for m in modes.values() for t in m}):
         lines += ["", f"### {t}", "",
                   "| checkpoint | mode | n | EM [95% CI] | F1 | hallucinated | unsupported | abstained | "
                   "abstention acc. | citation P (n) | citation R (n) | hops | s/answer (batched) | retrieval recall |",
@@ -173,11 +171,14 @@ def relation_table(by_relation):
              "everywhere is hidden in its type's mean.", "",
              "| type | relation | n | " + " | ".join(f"{ck} {mode}" for ck, mode in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
-    types = [t for t in TYPES if any(k[0] == t for k in rows)] + sorted({k[0] for k in rows} - set(TYPES))
-    for t in types:
-        for (tt, rel), cells in sorted(rows.items()):
-            if tt == t:
-                n = next(iter(cells.values()))["n"]
-                lines.append(f"| {t} | {rel} | {n} | " + " | ".join(_fmt(cells[c]["em"]) if c in cells else ""
-                                                                  for c in cols) + " |")
+    order = ordered_types({t for t, _ in rows})
+    for (t, rel), cells in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        n = next(iter(cells.values()))["n"]
+        lines.append(f"| {t} | {rel} | {n} | " + " | ".join(_fmt(cells[c]["em"]) if c in cells else "" for c in cols)
+                     + " |")
     return lines
+
+
+def ordered_types(found):
+    """The question types in `found`, Table 1's order first, then any others alphabetically."""
+    return [t for t in TYPES if t in found] + sorted(set(found) - set(TYPES))

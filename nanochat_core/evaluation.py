@@ -38,12 +38,13 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
                 preds = sharded(lambda mine: answer_questions(model, tok, mine, mode, kb, p["k"], p["retriever"],
                                                                p["max_hops"], p["max_new_tokens"], p["batch_size"]), qs)
                 seconds = time.perf_counter() - t0
-                agg = aggregate(score(qs, preds))
+                rows = score(qs, preds)
+                agg = aggregate(rows)
                 # Answers are generated in batches, so this is the group's time per answer, not
                 # the latency of one question asked alone.
                 agg["latency_s"] = seconds / len(qs)
                 results.setdefault(ck, {}).setdefault(mode, {})[t] = agg
-                by_relation.setdefault(ck, {}).setdefault(mode, {})[t] = em_by_relation(qs, preds)
+                by_relation.setdefault(ck, {}).setdefault(mode, {})[t] = em_by_relation(qs, rows)
                 predictions += [{"checkpoint": ck, "mode": mode, **pr} for pr in preds]
                 if mode == "refrag" and t in MULTI_HOP:
                     final_doc.setdefault(ck, {})[t] = where_final_doc(qs, preds)
@@ -133,15 +134,15 @@ MULTI_HOP = ("2hop", "3hop")
 FINAL_DOC = {"search": "after a follow-up search", "hop1": "in hop 1's block (read back)", "never": "never shown"}
 
 
-def em_by_relation(questions, predictions):
-    """{relation chain: {"n", "em"}}: a type's EM split by what its questions ask (say
-    company.founded_by.born_in), since one failing chain hides in a type's mean; "" for
+def em_by_relation(questions, rows):
+    """{relation chain: {"n", "em"}} from score()'s rows: a type's EM split by what its questions
+    ask (say company.founded_by.born_in), since one failing chain hides in a type's mean; "" for
     questions that name no relation."""
     out = {}
-    for q, p in zip(questions, predictions):
+    for q, row in zip(questions, rows):
         r = out.setdefault(q.get("relation", ""), {"n": 0, "em": 0.0})
         r["n"] += 1
-        r["em"] += exact_match(p["prediction"], q["answers"])
+        r["em"] += row["em"]
     return {rel: {"n": r["n"], "em": r["em"] / r["n"]} for rel, r in sorted(out.items())}
 
 

@@ -18,3 +18,14 @@ def reference_data():
     if not d.exists():
         pytest.skip(f"reference data not found at {d} (set NANOCHAT_REFERENCE_DATA)")
     return d
+
+
+@pytest.fixture
+def bare_clone(tmp_path):
+    """tmp_path holding only the repository's dvc.yaml and params.yaml: a clone before `dvc repro`."""
+    import shutil
+
+    from nanochat_core.common import REPO_ROOT
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / f, tmp_path / f)
+    return tmp_path

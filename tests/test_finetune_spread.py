@@ -1,6 +1,5 @@
 """benchmarks.finetune_spread: which params each retraining gets, how a setting's spread is summed
 up, and bad arguments refused with what to do (the training itself: the pipeline's stages)."""
-import shutil
 
 import pytest
 
@@ -43,9 +42,7 @@ def test_bad_arguments_are_refused(args, says, capsys):
     assert e.value.code == 2 and says in capsys.readouterr().err
 
 
-def test_missing_parent_checkpoint_names_the_path_and_the_command(tmp_path):
-    for f in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO_ROOT / f, tmp_path / f)
+def test_missing_parent_checkpoint_names_the_path_and_the_command(bare_clone):
     with pytest.raises(SystemExit, match=r"checkpoints/mid does not exist; run `dvc repro midtrain`"):
-        fs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
-    assert not (tmp_path / "r.json").exists()
+        fs.main(["--root", str(bare_clone), "--out", str(bare_clone / "r.json")])
+    assert not (bare_clone / "r.json").exists()

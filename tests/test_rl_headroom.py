@@ -1,19 +1,15 @@
 """benchmarks.rl_headroom's command line: a missing warm-up names the path and the command that
 makes it; impossible arguments are refused (the counting itself: tests/test_rl.py)."""
-import shutil
 
 import pytest
 
 from benchmarks import rl_headroom
-from nanochat_core.common import REPO_ROOT
 
 
-def test_missing_checkpoint_names_the_path_and_the_command(tmp_path):
-    for f in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO_ROOT / f, tmp_path / f)
+def test_missing_checkpoint_names_the_path_and_the_command(bare_clone):
     with pytest.raises(SystemExit, match=r"refrag_sft does not exist; run `dvc repro refrag_finetune`"):
-        rl_headroom.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
-    assert not (tmp_path / "r.json").exists()
+        rl_headroom.main(["--root", str(bare_clone), "--out", str(bare_clone / "r.json")])
+    assert not (bare_clone / "r.json").exists()
 
 
 @pytest.mark.parametrize("args", [["--group", "0"], ["--temperatures", "0"]])

@@ -1,11 +1,9 @@
 """benchmarks.rl_runs: the paired RL-minus-warm-up arithmetic, and its command line's refusals (that
 its test EM is evaluate's, and its RL the pipeline's: tests/test_flows.py's pipeline test)."""
-import shutil
 
 import pytest
 
 from benchmarks import rl_runs
-from nanochat_core.common import REPO_ROOT
 
 
 def test_paired_difference_counts_gains_and_losses_on_the_same_questions():
@@ -27,12 +25,10 @@ def test_paired_refuses_lists_of_different_questions():
         rl_runs.paired([], [])
 
 
-def test_missing_warm_up_names_the_path_and_the_command(tmp_path):
-    for f in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO_ROOT / f, tmp_path / f)
+def test_missing_warm_up_names_the_path_and_the_command(bare_clone):
     with pytest.raises(SystemExit, match=r"refrag_sft does not exist; run `dvc repro refrag_finetune`"):
-        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
-    assert not (tmp_path / "r.json").exists()
+        rl_runs.main(["--root", str(bare_clone), "--out", str(bare_clone / "r.json")])
+    assert not (bare_clone / "r.json").exists()
 
 
 @pytest.mark.parametrize("kv, says", [
@@ -53,7 +49,7 @@ def test_rl_seed_goes_through_seeds_not_set(capsys):
     assert e.value.code == 2 and "give RL's seeds with --seeds" in capsys.readouterr().err
 
 
-def test_a_warm_up_from_other_params_or_code_is_refused(tmp_path):
+def test_a_warm_up_from_other_params_or_code_is_refused(bare_clone):
     """RL's questions and rates come from params.yaml, so a warm-up trained under another
     refrag_finetune section (here: another seed) would not be the one those params describe."""
     import torch
@@ -61,32 +57,30 @@ def test_a_warm_up_from_other_params_or_code_is_refused(tmp_path):
     from nanochat_core import stages
     from nanochat_core.checkpoint import checkpoint_hash, save_checkpoint
     from nanochat_core.params import load_params
-    for f in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO_ROOT / f, tmp_path / f)
     for d in ("data/kb", "checkpoints/tokenizer"):
-        (tmp_path / d).mkdir(parents=True)
+        (bare_clone / d).mkdir(parents=True)
     for f in ("data/qa/train.jsonl", "data/qa/val.jsonl", "data/qa/test.jsonl", "checkpoints/tokenizer/tokenizer.json"):
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_text("")
+        (bare_clone / f).parent.mkdir(parents=True, exist_ok=True)
+        (bare_clone / f).write_text("")
     state = {"w": torch.zeros(2)}
-    save_checkpoint(tmp_path / "checkpoints/rag", 1, state, {"config": {}, "tokenizer_hash": "t", "lineage": {}})
-    params = load_params(tmp_path / "params.yaml")
-    other = load_params(tmp_path / "params.yaml")
+    save_checkpoint(bare_clone / "checkpoints/rag", 1, state, {"config": {}, "tokenizer_hash": "t", "lineage": {}})
+    params = load_params(bare_clone / "params.yaml")
+    other = load_params(bare_clone / "params.yaml")
     other["refrag_finetune"]["seed"] += 1
-    parent = checkpoint_hash(tmp_path / "checkpoints/rag")
-    code = stages.stage_code_hash("refrag_finetune", tmp_path)
+    parent = checkpoint_hash(bare_clone / "checkpoints/rag")
+    code = stages.stage_code_hash("refrag_finetune", bare_clone)
     # another refrag_finetune section, or the same one run by other code
     for key in (stages.resume_key(other, ["refrag_finetune"], parent, code),
                 stages.resume_key(params, ["refrag_finetune"], parent, "other code")):
-        save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
+        save_checkpoint(bare_clone / "checkpoints/refrag_sft", 700, state,
                         {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
         with pytest.raises(SystemExit, match=r"refrag_sft was not trained with .*params.yaml's refrag_finetune "
                                               r"section, from .*rag and by .*'s code"):
-            rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+            rl_runs.main(["--root", str(bare_clone), "--out", str(bare_clone / "r.json")])
     # the key the stage itself writes gets past the check (and on to the empty stand-in files)
-    key = stages.resume_key(params, ["refrag_finetune"], parent, stages.stage_code_hash("refrag_finetune", tmp_path))
-    save_checkpoint(tmp_path / "checkpoints/refrag_sft", 700, state,
+    key = stages.resume_key(params, ["refrag_finetune"], parent, stages.stage_code_hash("refrag_finetune", bare_clone))
+    save_checkpoint(bare_clone / "checkpoints/refrag_sft", 700, state,
                     {"config": {}, "tokenizer_hash": "t", "lineage": {}, "resume_key": key})
     with pytest.raises(Exception) as err:
-        rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "r.json")])
+        rl_runs.main(["--root", str(bare_clone), "--out", str(bare_clone / "r.json")])
     assert "was not trained" not in str(err.value)
