@@ -5,7 +5,7 @@ reading drills. Answers cite the documents they used as [n] (their number in the
 import re
 
 from nanochat_core.data.templates import QUESTION_TEMPLATES
-from nanochat_core.data.world import ABSTAIN, FORWARD, build_world
+from nanochat_core.data.world import ABSTAIN, FORWARD, fresh_people_world
 
 
 def cited_answer(answer, docs, gold_ids):
@@ -69,29 +69,14 @@ def answer_pool(questions):
 
 
 def drill_world(seed, real_names, n_people=3000):
-    """A second world for reading drills: the real world's places, companies and universities
-    (`real_names`: entity type -> the real world's names) with n_people fresh people and new
-    random facts. Held-out questions ask about people never seen in training whose answers
-    are places, companies and universities the model knows; a drill is the same task. Its
-    people are new (no name equals or nests any real name), so their facts cannot be recalled
-    and a drill cannot leak a real fact about a person: the answer must be read. (Facts the
-    drills state about real places, such as the country a city lies in, are drawn anew, so
-    they disagree with the KB as often as not; like counterfactual questions, they reward
-    following the document, never memory.)"""
-    counts = {t: len(real_names.get(t, ())) for t in ("city", "country", "company", "university")}
-    missing = [t for t, n in counts.items() if not n]
-    if missing:
-        raise ValueError(f"drill_world needs the real world's names of every entity type; none for {missing}")
-    reserved = [n for names in real_names.values() for n in names]
-    world = build_world(seed, n_people=n_people, n_cities=max(counts["city"], counts["country"]),
-                        n_countries=counts["country"], n_companies=counts["company"],
-                        n_universities=counts["university"], test_fraction=0.0, reserved_names=reserved)
-    # Rename by index: cities beyond the real count (only when countries outnumber cities) stay fresh.
-    for t, names in real_names.items():
-        if t != "person":
-            for eid, name in zip(world.ids(t), names):
-                world.entities[eid].name = name
-    return world
+    """A second world for reading drills (world.fresh_people_world): the real world's places,
+    companies and universities (`real_names`: entity type -> the real world's names) with
+    n_people fresh people and new random facts. Held-out questions ask about people never seen
+    in training whose answers are places, companies and universities the model knows; a drill
+    is the same task, and its answer must be read. (Facts the drills state about real places,
+    such as the country a city lies in, are drawn anew, so they disagree with the KB as often
+    as not; like counterfactual questions, they reward following the document, never memory.)"""
+    return fresh_people_world(seed, real_names, n_people)
 
 
 def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):

@@ -83,7 +83,7 @@ def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
     padded forward pass: (log-probs (N, V) at the N sampled tokens, those tokens (N,), keep (B, T),
     the mask of where they are). As in the engine, logits / temperature, and banned_ids (the
     search markers) get -inf from each row's limit_from on, where the engine masked them too."""
-    x, y = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
+    x, y, _ = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     keep = y != -1

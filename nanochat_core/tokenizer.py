@@ -110,6 +110,9 @@ def _messages(conversation):
             if "documents" not in m:
                 raise ValueError(f"message {i}: role 'documents' needs a 'documents' list")
             _check_documents(m["documents"], where=f"message {i}")
+            lw = m.get("loss_weight", 0)
+            if isinstance(lw, bool) or not isinstance(lw, (int, float)) or not 0 <= lw <= 1:
+                raise ValueError(f"message {i}: documents 'loss_weight' must be a number in [0, 1], got {lw!r}")
         elif not isinstance(m.get("content"), str):
             raise ValueError(f"message {i}: role {role!r} needs 'content' as a str, "
                              f"got {type(m.get('content')).__name__}")
@@ -289,8 +292,9 @@ class Tokenizer:
                 add([S["<|user_start|>"], *self.encode(msg["content"]), S["<|user_end|>"]], 0)
             elif role == "documents":
                 # Outside a turn: context given with the question. Inside: a search's tool output.
-                # Either way the model reads it, never produces it.
-                add(self.encode_documents(msg["documents"]), 0)
+                # Either way the model reads it, never produces it; a loss_weight > 0 trains the
+                # model to predict it as plain text too (stages.learn_documents says why).
+                add(self.encode_documents(msg["documents"]), msg.get("loss_weight", 0))
             else:
                 if turn_open is None:
                     add([S["<|assistant_start|>"]], 0)

@@ -112,19 +112,24 @@ class ConversationBatches:
 
 
 def pad_batch(rows, pad_id, length=None):
-    """[(ids, mask)] -> (x, y): inputs ids[:-1] right-padded with pad_id, targets ids[1:] with
-    -1 wherever the target's mask is 0 (no loss there) and in the padding. Right padding is
-    safe for causal layers: nothing after a real token reaches it."""
+    """[(ids, mask)] -> (x, y, w): inputs ids[:-1] right-padded with pad_id, targets ids[1:] with
+    -1 wherever the target's mask is 0 (no loss there) and in the padding. A mask of 0/1 only
+    gives w None (every target counts once); fractional mask values (a documents block with a
+    loss_weight) give w, each target's weight in the loss. Right padding is safe for causal
+    layers: nothing after a real token reaches it."""
     T = max(len(ids) for ids, _ in rows) - 1 if length is None else length
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     y = torch.full((len(rows), T), -1, dtype=torch.long)
+    w = torch.zeros((len(rows), T)) if any(v not in (0, 1) for _, mask in rows for v in mask) else None
     for r, (ids, mask) in enumerate(rows):
         ids_t = torch.tensor(ids, dtype=torch.long)
-        m = torch.tensor(mask[1:], dtype=torch.bool)
+        m = torch.tensor(mask[1:], dtype=torch.float32)
         n = len(ids) - 1
         x[r, :n] = ids_t[:-1]
-        y[r, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
-    return x, y
+        y[r, :n] = torch.where(m > 0, ids_t[1:], torch.full_like(ids_t[1:], -1))
+        if w is not None:
+            w[r, :n] = m
+    return x, y, w
 
 
 def _batch_seed(seed, step, micro):
@@ -137,10 +142,15 @@ def evaluate_loss(model, batches, batch_size):
     model.eval()
     device = next(model.parameters()).device
     nats, n = 0.0, 0
-    for x, y in batches.every_row(batch_size):
+    for x, y, w in batches.every_row(batch_size):
         x, y = x.to(device), y.to(device)
-        nats += model(x, y, reduction="sum").item()
-        n += int((y != -1).sum())
+        if w is None:
+            nats += model(x, y, reduction="sum").item()
+            n += int((y != -1).sum())
+        else:  # weighted as in training
+            w = w.to(device)
+            nats += (model(x, y, reduction="none").view_as(w) * w).sum().item()
+            n += w.sum().item()
     model.train()
     return nats / max(n, 1)
 
@@ -179,7 +189,8 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     cfg: a training section of params.yaml (seed, steps, batch_size, grad_accum, the four
     learning rates, weight_decay, warmup_frac, warmdown_frac, eval_every, checkpoint_every,
     keep_last, log_every); every key is required, its default lives in params.py alone.
-    get_batch(seed, step, micro, batch_size) -> (x, y), y = -1 where there is no loss.
+    get_batch(seed, step, micro, batch_size) -> (x, y) or (x, y, w), y = -1 where there is no
+    loss, w None or each target's weight in the loss (pad_batch).
     meta: dict saved with every checkpoint (config, tokenizer_hash, lineage, resume_key).
     log(metrics: dict, step: int): progress callback (the flow sends it to MLflow).
     eval_fn(model) -> dict of metrics, run every eval_every steps and at the end.
@@ -248,10 +259,11 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
                 g["lr"] = g["initial_lr"] * mult
         loss_sum = 0.0
         for micro in range(cfg["grad_accum"]):
-            x, y = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
+            x, y, *w = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
             x, y = x.to(device), y.to(device)
+            w = w[0].to(device) if w and w[0] is not None else None
             with autocast():
-                loss = ddp_model(x, y) / cfg["grad_accum"]
+                loss = ddp_model(x, y, weights=w) / cfg["grad_accum"]
             loss.backward()
             loss_sum += loss.item()
             tokens_seen += x.numel() * world

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ SMALL = {
                   "eval": {"single": 40, "2hop": 40, "3hop": 30, "unanswerable": 20},
                   "counterfactual": 8, "known_single": 15, "val_fraction": 0.25},
     "real_text": {"python_docs": True, "max_chars": 20_000},
-    "corpus": {"shard_chars": 20_000},
+    "corpus": {"shard_chars": 20_000, "fresh_people": 150},
 }
 
 
@@ -82,8 +83,9 @@ def test_outputs_and_summary(out):
     assert summary["documents"]["count"] == len(docs) == 80 + 10 + 3 + 12 + 4
     assert all(x["source"] == "world" for x in docs.values())  # real text stays out of the KB by default
     assert summary["corpus"]["records"] == len(corpus)
-    assert {r["source"] for r in corpus} == {"world", "python_docs"}
-    assert all(set(r) == ({"text", "source", "people"} if r["source"] == "world" else {"text", "source"})
+    assert {r["source"] for r in corpus} == {"world", "python_docs", "fresh_people"}
+    assert summary["corpus"]["by_source"]["fresh_people"] == summary["corpus"]["fresh_people_records"] > 120
+    assert all(set(r) == ({"text", "source", "people"} if r["source"] in ("world", "fresh_people") else {"text", "source"})
                for r in corpus)
     for name, recs in qa.items():
         assert summary["qa"][name]["count"] == len(recs)
@@ -93,6 +95,42 @@ def test_outputs_and_summary(out):
         assert summary["qa"][name]["by_type"] == dict(sorted(types.items()))
     assert summary["skipped"]["python_docs"]["over_max_chars"] > 0
     assert summary["questions"]["counterfactual"] == {"requested": 8, "produced": 8}
+
+
+def test_fresh_people_are_named_once_and_only_in_their_own_document(out):
+    """Each fresh person's name is in exactly one corpus record, in every sentence of it (so
+    its later mentions can only be predicted by copying), nests no real name and is nested by
+    none (so it cannot be recalled), and the tokenizer trainer never sees it."""
+    _, _, docs, corpus, _ = out
+    fresh = [r for r in corpus if r["source"] == "fresh_people"]
+    real = {x["title"] for x in docs.values()}
+    real_places = {x["title"] for x in docs.values() if x["metadata"]["entity_type"] != "person"}
+    names = [r["people"][0] for r in fresh]
+    assert all(len(r["people"]) == 1 for r in fresh) and len(set(names)) == len(names) > 120  # <= 150: 2+ facts only
+    everything = "\n".join(r["text"] for r in corpus)
+    for r, name in zip(fresh, names):
+        assert everything.count(name) == r["text"].count(name) == len(split_sentences(r["text"])) >= 2
+        assert not re.search(r"\b1[89]\d\d\b|\b20\d\d\b", r["text"])  # no birth years
+        assert not any(name in n or n in name for n in real)
+        rest = r["text"].replace(name, "")
+        assert any(n in rest for n in real_places)  # facts about real places, companies, universities
+        assert "found" not in r["text"]  # "X founded C" would contradict C's real founder
+    from nanochat_core.stages import tokenizer_texts
+    assert not any(name in t for t in tokenizer_texts(corpus, 10**9) for name in names)
+
+
+def test_fresh_people_zero_adds_none_and_the_rest_is_unchanged(tmp_path, out):
+    _, summary, _, corpus, _ = out
+    p = copy.deepcopy(SMALL)
+    p["corpus"]["fresh_people"] = 0
+    s0 = prepare(p, tmp_path)
+    corpus0 = [r for f in sorted((tmp_path / "corpus").glob("shard_*.jsonl")) for r in read_jsonl(f)]
+    assert s0["corpus"]["fresh_people_records"] == 0 and "fresh_people" not in s0["corpus"]["by_source"]
+    key = lambda r: r["text"]
+    assert sorted(corpus0, key=key) == sorted((r for r in corpus if r["source"] != "fresh_people"), key=key)
+    assert s0["sha256"]["documents.jsonl"] == summary["sha256"]["documents.jsonl"]
+    for name in ("train", "val", "test"):
+        assert s0["sha256"][f"qa/{name}.jsonl"] == summary["sha256"][f"qa/{name}.jsonl"]
 
 
 def test_test_people_are_in_the_kb_only(out):

@@ -347,3 +347,32 @@ def test_holdout_questions_are_left_to_rl():
     none = {**p, "holdout_frac": 0.0}
     assert stages.rl_holdout(none, qa) == set() and len(stages.refrag_conversations(none, qa, kb)) == len(multi)
     assert len(stages.rl_pool(none, qa)[0]) == len([q for q in qa if len(q["hops"]) <= p["max_hops"]])
+
+
+@pytest.mark.parametrize("stage", ["midtrain", "rag_finetune", "refrag_finetune"])
+def test_only_drill_documents_carry_a_loss_weight(stage):
+    """drill_doc_loss weighs the drill world's documents (people named nowhere else) and never
+    a block of the real KB, whose documents hold held-out people's facts; 0 weighs nothing."""
+    from nanochat_core.data.world import build_world
+    from nanochat_core.retrieval import KnowledgeBase
+    real = build_world(4, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
+    kb = KnowledgeBase.build(real.kb_documents(), None, ["bm25"])
+    real_text = {d["id"]: d["text"] for d in kb.docs}
+    real_title = {d["id"]: d["title"] for d in kb.docs}
+    qa = [{**q, "id": f"q{i}"} for i, q in enumerate(stages.drill_questions(real, 1, ["single", "2hop", "unanswerable"], 3))]
+    p = {**DEFAULTS[stage], "seed": 1, "drills": 40, "drill_people": 100, "drill_doc_loss": 0.05}
+    make = {"midtrain": stages.midtrain_conversations, "rag_finetune": stages.rag_conversations,
+            "refrag_finetune": stages.refrag_conversations}[stage]
+    weighted = unweighted = 0
+    for c in make(p, qa, kb):
+        for m in c:
+            if m["role"] == "documents":
+                if "loss_weight" in m:  # drill documents: never a real one (drill places share names, not text)
+                    assert m["loss_weight"] == 0.05
+                    assert not any(real_text.get(d["id"]) == d["text"] for d in m["documents"])
+                    weighted += 1
+                else:  # the real KB's (midtrain may have swapped an answer in the text, never a title)
+                    assert all(real_title.get(d["id"]) == d["title"] for d in m["documents"])
+                    unweighted += 1
+    assert weighted >= 40 and unweighted > 0
+    assert not any("loss_weight" in m for c in make({**p, "drill_doc_loss": 0.0}, qa, kb) for m in c)

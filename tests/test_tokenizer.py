@@ -432,3 +432,21 @@ def test_an_answer_copies_the_names_tokens_from_its_source(tok):
         block = tok.encode_documents(docs)
         assert answer[:len(name_ids)] == name_ids
         assert any(block[j:j + len(name_ids)] == name_ids for j in range(len(block)))
+
+
+def test_documents_loss_weight_marks_exactly_the_block(tok):
+    """A documents block's loss_weight becomes its tokens' mask value (the model learns to
+    predict them at that weight); without one the block carries no loss. Bad weights are refused."""
+    docs = [{"id": "d1", "title": "Ada Lovi", "text": "Ada Lovi was born in Kiko."}]
+    conv = [{"role": "user", "content": "Where was Ada Lovi born?"}, {"role": "documents", "documents": docs},
+            {"role": "assistant", "content": "Kiko [1]"}]
+    ids, mask = tok.render_conversation(conv)
+    block = tok.encode_documents(docs)
+    start = next(i for i in range(len(ids)) if ids[i:i + len(block)] == block)
+    wids, wmask = tok.render_conversation([conv[0], {**conv[1], "loss_weight": 0.25}, conv[2]])
+    assert wids == ids
+    assert wmask[start:start + len(block)] == [0.25] * len(block) and mask[start:start + len(block)] == [0] * len(block)
+    assert wmask[:start] + wmask[start + len(block):] == mask[:start] + mask[start + len(block):]
+    for bad in (-0.1, 1.5, "0.5", True, None):
+        with pytest.raises(ValueError, match="message 1: documents 'loss_weight' must be a number in \\[0, 1\\]"):
+            tok.render_conversation([conv[0], {**conv[1], "loss_weight": bad}, conv[2]])

@@ -101,10 +101,37 @@ def test_lr_schedule():
 def test_conversation_batches_mask_only_assistant_tokens():
     ids = [1, 2, 3, 4, 5, 6]
     mask = [0, 0, 0, 1, 1, 0]
-    x, y = ConversationBatches([(ids, mask)], max_len=10)(0, 0, 0, 2)
+    x, y, w = ConversationBatches([(ids, mask)], max_len=10)(0, 0, 0, 2)
     assert x[0].tolist() == [1, 2, 3, 4, 5]
     # target at position t is ids[t+1], kept only where mask[t+1] == 1
     assert y[0].tolist() == [-1, -1, 4, 5, -1]
+    assert w is None  # a 0/1 mask: every target weighs 1, the loss is the plain mean
+
+
+def test_weighted_targets_train_the_weighted_mean():
+    """A fractional mask (a documents block with a loss_weight) keeps those targets at that
+    weight: the loss is sum(w * CE) / sum(w), the held-out loss too, and all-1 weights give
+    exactly the plain mean."""
+    import torch.nn.functional as F
+
+    from nanochat_core.train import evaluate_loss
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(sequence_len=32, vocab_size=50, n_layer=2, n_embd=32, n_head=2, n_kv_head=2,
+                          block_pattern="TM", headdim=16, chunk_size=8))
+    rows = [([1, 7, 8, 9, 3, 4, 2], [0, 0.25, 0.25, 0.25, 1, 1, 0]), ([5, 6, 7, 8], [0, 0, 1, 1])]
+    batches = ConversationBatches(rows, max_len=10)
+    x, y, w = batches._batch([0, 1])
+    assert y[0].tolist() == [7, 8, 9, 3, 4, -1] and y[1].tolist() == [-1, 7, 8, -1, -1, -1]
+    assert w[0].tolist() == [0.25, 0.25, 0.25, 1, 1, 0] and w[1].tolist() == [0, 1, 1, 0, 0, 0]
+    with torch.no_grad():
+        ce = F.cross_entropy(model(x).reshape(-1, 50), y.reshape(-1).clamp(min=0), reduction="none").view_as(w)
+        expect = (ce * w).sum() / w.sum()
+        assert torch.allclose(model(x, y, weights=w), expect, rtol=1e-5)
+        assert torch.allclose(evaluate_loss(model, batches, 2) * torch.ones(()), expect, rtol=1e-5)
+        keep = (y != -1).float()
+        assert torch.allclose(model(x, y, weights=keep), model(x, y), rtol=1e-6)
+        answers = (w == 1).float()  # weight 0 on the documents: the answers' own mean
+        assert torch.allclose(model(x, y, weights=answers), ce[w == 1].mean(), rtol=1e-5)
 
 
 def test_conversation_batches_pad_little_and_draw_every_row_equally():
@@ -115,7 +142,7 @@ def test_conversation_batches_pad_little_and_draw_every_row_equally():
     batches = ConversationBatches(rows, max_len=100, pad_id=0)
     counts, padded, real = [0] * 100, 0, 0
     for step in range(2000):
-        x, y = batches(3, step, 0, 8)
+        x, y, _ = batches(3, step, 0, 8)
         padded += x.numel()
         real += int((y != -1).sum())
         for row in x[:, 0].tolist():

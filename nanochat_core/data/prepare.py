@@ -53,6 +53,8 @@ DEFAULTS = {
     "kb_include_real_text": False,     # also put real text (python_docs, sources) into documents.jsonl
     "corpus": {
         "shard_chars": 100_000,        # characters of text per shard; several shards let pretraining hold one out
+        "fresh_people": 2000,          # documents about people who exist nowhere else, so the LM learns to copy
+                                       # a name it has never seen (world.fresh_people_corpus); 0 = none
     },
 }
 
@@ -72,6 +74,7 @@ _LIMITS = {
     "questions.val_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "real_text.max_chars": (lambda v: v >= 0, ">= 0"),
     "corpus.shard_chars": (lambda v: v >= 1, ">= 1"),
+    "corpus.fresh_people": (lambda v: 0 <= v <= W.MAX_ENTITIES, f"between 0 and {W.MAX_ENTITIES}"),
 }
 
 
@@ -179,6 +182,8 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
     records = [{"text": d["text"], "source": "world", "people": sorted(set(people.findall(d["text"])))}
                for d in world_corpus]
     records += [{"text": d["text"], "source": d["source"]} for d in real_docs]
+    fresh = W.fresh_people_corpus(world, p["corpus"]["fresh_people"], p["seed"]) if p["corpus"]["fresh_people"] else []
+    records += fresh
     random.Random(f"corpus:{p['seed']}").shuffle(records)
     shards, cur, size = [], [], 0
     for r in records:
@@ -229,7 +234,9 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
         "documents": {"count": len(kb_docs), "by_source": _count(kb_docs, "source")},
         "corpus": {"shards": len(shards), "records": len(records), "chars": sum(len(r["text"]) for r in records),
                    "world_records": len(world_corpus),
-                   "by_source": _count([{"s": "world" if r["source"] == "world" else "real_text"} for r in records], "s")},
+                   "fresh_people_records": len(fresh),
+                   "by_source": _count([{"s": r["source"] if r["source"] in ("world", "fresh_people") else "real_text"}
+                                        for r in records], "s")},
         "qa": {name: {"count": len(recs), "by_type": _count(recs, "type"), "by_entity_split": _count(recs, "entity_split")}
                for name, recs in files.items()},
         "questions": {**qa_summary, "counterfactual": {"requested": q["counterfactual"], "produced": len(world.edits)}},

@@ -353,3 +353,48 @@ def build_world(seed, n_people=400, n_cities=40, n_countries=8, n_companies=60, 
         edited_subjects.add(s)
     return World(seed=seed, entities=entities, facts=facts, kb_facts=kb_facts, edits=edits,
                  max_mentions=max_mentions)
+
+
+def fresh_people_world(seed, real_names, n_people):
+    """The real world's places, companies and universities (`real_names`: type -> names) with
+    n_people new people (no name equals or nests a real one) and new random facts."""
+    counts = {t: len(real_names.get(t, ())) for t in ("city", "country", "company", "university")}
+    missing = [t for t, n in counts.items() if not n]
+    if missing:
+        raise ValueError(f"a fresh-people world needs the real world's names of every entity type; none for {missing}")
+    reserved = [n for names in real_names.values() for n in names]
+    world = build_world(seed, n_people=n_people, n_cities=max(counts["city"], counts["country"]),
+                        n_countries=counts["country"], n_companies=counts["company"],
+                        n_universities=counts["university"], test_fraction=0.0, reserved_names=reserved)
+    # Rename by index: cities beyond the real count (only when countries outnumber cities) stay fresh.
+    for t, names in real_names.items():
+        if t != "person":
+            for eid, name in zip(world.ids(t), names):
+                world.entities[eid].name = name
+    return world
+
+
+def fresh_people_corpus(world, n_people, seed):
+    """Pretraining records about up to n_people people who exist nowhere else, each a document
+    naming them in every sentence (two or more), over `world`'s places, companies, universities.
+
+    Why: every real person's name recurs across the corpus, so the LM can predict a name from
+    memory and never needs to copy one from its context. Held-out people are exactly the
+    names it has never seen, and reading a held-out founder's name from a document means
+    copying it. Here each name occurs in one document only, so predicting its later mentions
+    is copying, and that is what these records train. Only person documents, without "X
+    founded C" (the new people's facts about real companies would contradict real founders)
+    and without birth years (thousands of random years taught a year prior: held-out
+    birth-year RAG EM fell from 0.97 to 0.06-0.16 with them)."""
+    real = {}
+    for e in world.entities.values():
+        real.setdefault(e.type, []).append(e.name)
+    fresh = fresh_people_world(f"fresh:{seed}", real, n_people)
+    facts = {p: {r: o for r, o in fresh.facts[p].items() if r != "birth_year"} for p in fresh.ids("person")}
+    rng = random.Random(f"fresh:{seed}:render")
+    records = []
+    for p in fresh.ids("person"):
+        text = fresh.render(p, rng.randrange(3), facts, inverse={})
+        if len(split_sentences(text)) >= 2:
+            records.append({"text": text, "source": "fresh_people", "people": [fresh.name(p)]})
+    return records

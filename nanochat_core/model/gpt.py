@@ -172,9 +172,10 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean"):
+    def forward(self, idx, targets=None, valid=None, cache=None, reduction="mean", weights=None):
         """idx: (B, T) token ids. targets: (B, T) with -1 where no loss is wanted (the loss
         mask). valid: (B, T) bool, False on left padding. cache: InferenceCache for generation.
+        weights: (B, T) float, each target's weight in the mean loss (None: all 1).
         Returns logits (B, T, vocab) without targets, else the loss."""
         B, T = idx.shape
         if cache is not None:
@@ -201,12 +202,17 @@ class GPT(nn.Module):
             # the softmax just there; over every document token they were a large share of a step.
             keep = targets.reshape(-1) != -1
             x, targets = x.reshape(-1, x.size(-1))[keep], targets.reshape(-1)[keep]  # (N, C), (N,)
+            if weights is not None:
+                weights = weights.reshape(-1)[keep]  # (N,)
         logits = self.lm_head(x).float()  # (B, T, V), or (N, V) for the N target positions
         c = self.config.softcap
         if c:
             logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits
+        if weights is not None and reduction == "mean":
+            loss = F.cross_entropy(logits, targets, reduction="none")  # (N,)
+            return (loss * weights).sum() / weights.sum().clamp(min=1e-8)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
                                reduction="sum" if reduction == "mean" else reduction)  # (B*T,) for "none", else ()
         if reduction == "mean":  # a batch with no target tokens gives 0, not 0/0 = NaN
