@@ -191,8 +191,8 @@ def learn_documents(convs, weight):
 
     Why: pretraining on documents about people named nowhere else (world.fresh_people_corpus)
     teaches the LM to copy a name it has never seen, and fine-tuning on answers alone erases
-    that (measured: later mentions of a new name predicted 0.91 after pretraining, 0.15 after
-    midtrain). A drill's documents are about people named nowhere else too, so a little loss
+    that (measured: later mentions of a new name predicted ~0.9 after pretraining, 0.15 after
+    midtrain without this loss, 0.90 with it at 0.02). A drill's documents are about people named nowhere else too, so a little loss
     on them keeps the copying that reading a held-out founder's name needs. Only drills: the
     real KB's documents hold held-out people's facts, which no weight may learn."""
     if weight:
