@@ -309,7 +309,8 @@ def drill_questions(world, seed, types, max_hops):
 def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, run=None, log=None, data=None):
     """The one fine-tuning loop of midtrain, rag_finetune and refrag_finetune: render, hold
     out about p["eval_tokens"] tokens of conversations (their loss is measured every
-    eval_every steps), train from the parent with loss on the assistant's tokens only, save."""
+    eval_every steps), train from the parent with loss on the assistant's tokens (and on the
+    drills' documents at drill_doc_loss per token: learn_documents), save."""
     p = params[stage]
     device = resolve_device(p["device"])
     tok = Tokenizer.load(tokenizer_path)

@@ -80,7 +80,8 @@ class TokenStream:
 
 class ConversationBatches:
     """Fine-tuning batches from rendered conversations [(ids, mask)]: loss only where mask is
-    1 (the assistant's own tokens), right-padded to the longest row in the batch.
+    > 0 (the assistant's own tokens at 1, a weighted documents block at its loss_weight),
+    right-padded to the longest row in the batch.
 
     A batch is a run of neighbours in length order (circular, from a random start), so it
     pads to about its rows' own length: drawn at random, a mix of short drills and
