@@ -5,7 +5,7 @@ reading drills. Answers cite the documents they used as [n] (their number in the
 import re
 
 from nanochat_core.data.templates import QUESTION_TEMPLATES
-from nanochat_core.data.world import ABSTAIN, FORWARD, fresh_people_world
+from nanochat_core.data.world import ABSTAIN, FORWARD
 
 
 def cited_answer(answer, docs, gold_ids):
@@ -66,17 +66,6 @@ def answer_pool(questions):
         if q["answers"][0] != ABSTAIN:
             pool.setdefault(q["relation"], set()).add(q["answers"][0])
     return {k: sorted(v) for k, v in pool.items()}
-
-
-def drill_world(seed, real_names, n_people=3000):
-    """A second world for reading drills (world.fresh_people_world): the real world's places,
-    companies and universities (`real_names`: entity type -> the real world's names) with
-    n_people fresh people and new random facts. Held-out questions ask about people never seen
-    in training whose answers are places, companies and universities the model knows; a drill
-    is the same task, and its answer must be read. (Facts the drills state about real places,
-    such as the country a city lies in, are drawn anew, so they disagree with the KB as often
-    as not; like counterfactual questions, they reward following the document, never memory.)"""
-    return fresh_people_world(seed, real_names, n_people)
 
 
 def world_drills(world, n, n_docs, n_questions, rng, unseen_frac=0.1):

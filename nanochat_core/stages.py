@@ -22,6 +22,7 @@ from nanochat_core import dvcfile, rag
 from nanochat_core.checkpoint import checkpoint_hash, load_model
 from nanochat_core.common import REPO_ROOT, git_commit, hash_path, print0, read_jsonl, sha256_file
 from nanochat_core.data.questions import question_pools
+from nanochat_core.data.world import fresh_people_world
 from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import ConversationBatches, TokenStream, evaluate_bpb, evaluate_loss, resolve_device, train
@@ -170,13 +171,18 @@ def pretrain(params, corpus_dir, out_dir, tokenizer_dir, run=None, log=None):
 # ------------------------------------------------------------------------------ training sets
 
 def drill_world(p, kb, seed=None):
-    """The drill world (rag.drill_world): the KB's places, companies and universities with
-    p["drill_people"] fresh people and new facts, seeded by `seed` (default: the stage's seed)."""
+    """The world of reading drills (world.fresh_people_world): the KB's places, companies and
+    universities with p["drill_people"] fresh people and new facts, seeded by `seed` (default:
+    the stage's seed). Held-out questions ask about people never seen in training whose answers
+    are places, companies and universities the model knows; a drill is the same task, and its
+    answer must be read. (Facts the drills state about real places, such as the country a city
+    lies in, are drawn anew, so they disagree with the KB as often as not; like counterfactual
+    questions, they reward following the document, never memory.)"""
     names = {}
     for d in kb.docs:
         if d.get("source") == "world":
             names.setdefault(d["metadata"]["entity_type"], []).append(d["title"])
-    return rag.drill_world(f"drill:{p['seed'] if seed is None else seed}", names, n_people=p["drill_people"])
+    return fresh_people_world(f"drill:{p['seed'] if seed is None else seed}", names, p["drill_people"])
 
 
 def drill_kb(world, kb, rng):
@@ -197,7 +203,7 @@ def learn_documents(convs, weight):
     real KB's documents hold held-out people's facts, which no weight may learn."""
     if weight:
         for c in convs:
-            for m in c["messages"] if isinstance(c, dict) else c:
+            for m in c:
                 if m["role"] == "documents":
                     m["loss_weight"] = weight
     return convs

@@ -62,7 +62,8 @@ _said = {}
 
 
 class TokenStream:
-    """Pretraining batches: random windows of a long token tensor, seeded per step."""
+    """Pretraining batches: random windows of a long token tensor, seeded per step; (x, y, None):
+    every target weighs 1."""
 
     def __init__(self, tokens, seq_len):
         self.tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -75,7 +76,7 @@ class TokenStream:
         g = torch.Generator().manual_seed(_batch_seed(seed, step, micro))
         starts = torch.randint(0, len(self.tokens) - self.seq_len - 1, (batch_size,), generator=g)
         window = torch.stack([self.tokens[s:s + self.seq_len + 1] for s in starts.tolist()])
-        return window[:, :-1], window[:, 1:]
+        return window[:, :-1], window[:, 1:], None
 
 
 class ConversationBatches:
@@ -121,16 +122,15 @@ def pad_batch(rows, pad_id, length=None):
     T = max(len(ids) for ids, _ in rows) - 1 if length is None else length
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     y = torch.full((len(rows), T), -1, dtype=torch.long)
-    w = torch.zeros((len(rows), T)) if any(v not in (0, 1) for _, mask in rows for v in mask) else None
+    w = torch.zeros((len(rows), T))
     for r, (ids, mask) in enumerate(rows):
         ids_t = torch.tensor(ids, dtype=torch.long)
         m = torch.tensor(mask[1:], dtype=torch.float32)
         n = len(ids) - 1
         x[r, :n] = ids_t[:-1]
         y[r, :n] = torch.where(m > 0, ids_t[1:], torch.full_like(ids_t[1:], -1))
-        if w is not None:
-            w[r, :n] = m
-    return x, y, w
+        w[r, :n] = m
+    return x, y, (None if ((w == 0) | (w == 1)).all() else w)
 
 
 def _batch_seed(seed, step, micro):
@@ -145,13 +145,10 @@ def evaluate_loss(model, batches, batch_size):
     nats, n = 0.0, 0
     for x, y, w in batches.every_row(batch_size):
         x, y = x.to(device), y.to(device)
-        if w is None:
-            nats += model(x, y, reduction="sum").item()
-            n += int((y != -1).sum())
-        else:  # weighted as in training
-            w = w.to(device)
-            nats += (model(x, y, reduction="none").view_as(w) * w).sum().item()
-            n += w.sum().item()
+        w = None if w is None else w.to(device)
+        count = float((y != -1).sum() if w is None else w.sum())  # weighted as in training
+        nats += model(x, y, weights=w).item() * count
+        n += count
     model.train()
     return nats / max(n, 1)
 
@@ -190,8 +187,8 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
     cfg: a training section of params.yaml (seed, steps, batch_size, grad_accum, the four
     learning rates, weight_decay, warmup_frac, warmdown_frac, eval_every, checkpoint_every,
     keep_last, log_every); every key is required, its default lives in params.py alone.
-    get_batch(seed, step, micro, batch_size) -> (x, y) or (x, y, w), y = -1 where there is no
-    loss, w None or each target's weight in the loss (pad_batch).
+    get_batch(seed, step, micro, batch_size) -> (x, y, w), y = -1 where there is no loss, w None
+    or each target's weight in the loss (pad_batch).
     meta: dict saved with every checkpoint (config, tokenizer_hash, lineage, resume_key).
     log(metrics: dict, step: int): progress callback (the flow sends it to MLflow).
     eval_fn(model) -> dict of metrics, run every eval_every steps and at the end.
@@ -260,9 +257,9 @@ def train(model, get_batch, cfg, ckpt_dir, meta, log=None, eval_fn=None, device=
                 g["lr"] = g["initial_lr"] * mult
         loss_sum = 0.0
         for micro in range(cfg["grad_accum"]):
-            x, y, *w = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
+            x, y, w = get_batch(cfg["seed"], step, micro * world + rank, cfg["batch_size"])
             x, y = x.to(device), y.to(device)
-            w = w[0].to(device) if w and w[0] is not None else None
+            w = None if w is None else w.to(device)
             with autocast():
                 loss = ddp_model(x, y, weights=w) / cfg["grad_accum"]
             loss.backward()

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from nanochat_core import rag, stages
-from nanochat_core.data.world import ABSTAIN
+from nanochat_core.data.world import ABSTAIN, fresh_people_world
 from nanochat_core.evaluation import score
 from nanochat_core.inference import parse_answer
 from nanochat_core.params import DEFAULTS
@@ -60,7 +60,7 @@ def test_drill_world_has_the_real_places_and_fresh_people():
     from nanochat_core.data.world import build_world
     real = build_world(3, n_people=60, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
     names = _names_by_type(real)
-    drill = rag.drill_world("drill:3", names, n_people=200)
+    drill = fresh_people_world("drill:3", names, n_people=200)
     got = _names_by_type(drill)
     for t in ("city", "country", "company", "university"):  # the answers held-out questions have
         assert got[t] == names[t]
@@ -73,13 +73,13 @@ def test_drill_world_has_the_real_places_and_fresh_people():
     born = [drill.name(drill.facts[p]["born_in"]) for p in drill.ids("person")]
     assert len(set(born)) > 4
     with pytest.raises(ValueError, match="university"):
-        rag.drill_world("drill:3", {t: v for t, v in names.items() if t != "university"})
+        fresh_people_world("drill:3", {t: v for t, v in names.items() if t != "university"}, 10)
 
 
 def test_world_drills_answer_from_the_shown_documents_or_abstain():
     from nanochat_core.data.world import build_world
     real = build_world(5, n_people=10, n_cities=8, n_countries=2, n_companies=8, n_universities=4)
-    drill = rag.drill_world("drill:5", _names_by_type(real), n_people=80)
+    drill = fresh_people_world("drill:5", _names_by_type(real), n_people=80)
     convs = rag.world_drills(drill, 200, 3, 4, random.Random(0))
     answers = abstained = 0
     for c in convs:

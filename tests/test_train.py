@@ -169,7 +169,7 @@ def test_bf16_autocast_keeps_the_ssm_scan_in_fp32_and_tracks_fp32(monkeypatch):
         seen.append({t.dtype for t in (x, dt, A, B, C)})
         return real(x, dt, A, B, C, *a, **k)
     monkeypatch.setattr(mamba, "ssd_scan", spy)
-    x, y = stream()(0, 0, 0, 4)
+    x, y, _ = stream()(0, 0, 0, 4)
     model = fresh_model()
     ref = model(x, y).item()
     with torch.autocast("cpu", dtype=torch.bfloat16):
