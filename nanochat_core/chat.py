@@ -7,15 +7,17 @@ Events (dicts, in order):
   {"event": "search",  "hop": n, "query": q}            hop 1's query is the question itself
   {"event": "sources", "hop": n, "sources": [{n, id, title, score, text}]}
   {"event": "token",   "text": t}                         the answer as it is written
-  {"event": "done",    "answer", "raw", "citations": [{n, id, title, hop}], "queries",
+  {"event": "done",    "answer", "raw", "ungrounded", "citations": [{n, id, title, hop}], "queries",
                        "sources" (one list per hop), "hops", "timings"}
+                       answer: as evaluate scores it (inference.ground): when the streamed text
+                       occurs in no source, the abstention, and ungrounded is true
 """
 import contextlib
 import time
 from pathlib import Path
 
 from nanochat_core.engine import Engine
-from nanochat_core.inference import MODES, final_text, make_search_tool, parse_answer
+from nanochat_core.inference import MODES, final_text, ground, make_search_tool, parse_answer
 from nanochat_core.rag import closed_book_conversation, reading_conversation, retrieve
 
 MAX_QUESTION_CHARS = 2000  # longer text is not a question; the model's context is ~1k tokens
@@ -137,10 +139,13 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
     generate_s = time.perf_counter() - t1
     raw = final_text(tokenizer, toks, masks)
     answer, cites = parse_answer(raw)
+    replaced = False
+    if mode != "closed_book":  # as evaluate scores it: an answer the sources do not hold becomes the abstention
+        answer, cites, replaced = ground(answer, cites, shown[0])
     final = sources[-1] if sources else []
     citations = [{"n": c, "id": final[c - 1]["id"], "title": final[c - 1]["title"], "hop": len(sources)}
                  if 0 < c <= len(final) else {"n": c, "id": None, "title": None, "hop": None} for c in cites]
-    yield {"event": "done", "question": question, "mode": mode, "answer": answer, "raw": raw,
+    yield {"event": "done", "question": question, "mode": mode, "answer": answer, "raw": raw, "ungrounded": replaced,
            "citations": citations, "queries": ([question] if sources else []) + engine.queries[0],
            "sources": sources, "hops": len(sources),
            "timings": {"retrieval_s": round(retrieval_s, 4), "generate_s": round(generate_s, 4),

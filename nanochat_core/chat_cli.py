@@ -109,6 +109,8 @@ def chat(args, prompt=None):
         else:
             if answer_open:
                 print(file=out)
+                if ev.get("ungrounded"):  # what streamed is in no source it was shown
+                    print(f"  (in no source it was shown, so the answer is: {ev['answer']})", file=out)
             else:
                 print(f"answer: {ev['answer']}", file=out)
             for c in ev["citations"]:

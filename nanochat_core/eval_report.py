@@ -104,7 +104,9 @@ def markdown_report(results, headline, path, heldout, final_doc=None, by_relatio
     lines += ["", "## Table 1", "",
               "- EM: exact match (SQuAD normalization) with its 95% Wilson interval; F1: SQuAD token F1.",
               "- hallucinated: neither an abstention nor correct, in every mode (closed-book included); "
-              "unsupported: not an abstention and in no shown document (every closed-book answer is).",
+              "unsupported: the model's answer was not an abstention and in no shown document (every closed-book "
+              "answer is); in RAG and REFRAG modes such an answer is replaced by the abstention before it is scored "
+              "(inference.ground), so it counts as abstained, never as hallucinated.",
               "- abstained: the share of abstentions; abstention acc.: abstained exactly when the gold answer "
               "is the abstention.",
               "- citation P: the share of [n] citations naming a gold document of the last hop (an [n] past the "

@@ -100,8 +100,11 @@ def score(questions, predictions):
       hallucinated        neither an abstention nor correct (EM 0), the same rule in every mode:
                           answering an unanswerable question is one; abstaining on an answerable
                           one is not (it is an abstention, with EM 0); an empty answer is one
-      unsupported         not an abstention and not in any shown document (metrics.supported):
-                          closed-book answers always are, a correct one included
+      unsupported         the model's answer was not an abstention and in no shown document
+                          (metrics.supported): closed-book answers always are, a correct one
+                          included; in rag and refrag modes inference.ground has replaced such
+                          an answer by the abstention (the prediction's "ungrounded"), and every
+                          other score here is of that replacement
       abstained, abstention_correct   abstained, and whether that was right (gold is ABSTAIN)
       citation_precision, citation_recall   see citation_scores (None where undefined)
       hops                how many documents blocks the answer saw (closed-book 0, rag 1)
@@ -121,7 +124,8 @@ def score(questions, predictions):
         rows.append({
             "em": em, "f1": f1(p["prediction"], golds),
             "hallucinated": float(not abstained and not em),
-            "unsupported": float(not abstained and not metrics.supported(p["prediction"], seen)),
+            "unsupported": float(bool(p.get("ungrounded"))
+                                 or (not abstained and not metrics.supported(p["prediction"], seen))),
             "abstained": float(abstained), "abstention_correct": float(abstained == gold_abstain),
             "citation_precision": precision, "citation_recall": recall,
             "hops": len(p["documents"]),

@@ -10,14 +10,24 @@ def tiny_config(tok):
                      block_pattern="TM", headdim=16, sequence_len=4096)
 
 
-def tiny_world(seed, n_single, n_2hop):
-    """(world, bm25 KB, tokenizer, val + test questions) of a small seeded world."""
+def on_file(docs, word="Zed"):
+    """`docs`, each with a sentence naming `word`, so a scripted answer of `word` is one its
+    sources hold and inference.ground keeps it (an answer no shown document holds becomes the
+    abstention)."""
+    return [{**d, "text": f"{d['text']} {word} is on file."} for d in docs]
+
+
+def tiny_world(seed, n_single, n_2hop, answer_word=None):
+    """(world, bm25 KB, tokenizer, val + test questions) of a small seeded world; with
+    answer_word, every document names it (on_file)."""
     from nanochat_core.data.questions import make_questions
     from nanochat_core.data.world import build_world
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
     world = build_world(seed, n_people=40, n_cities=6, n_countries=2, n_companies=6, n_universities=3)
     docs = world.kb_documents()
+    if answer_word:
+        docs = on_file(docs, answer_word)
     kb = KnowledgeBase.build(docs, None, ["bm25"])
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=600)
     qa = make_questions(world, seed, {}, {"single": n_single, "2hop": n_2hop})[0]

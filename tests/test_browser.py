@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import BiasedGPT, scripted, tiny_config
+from fakes import BiasedGPT, on_file, scripted, tiny_config
 
 from nanochat_core.retrieval import KnowledgeBase
 from nanochat_core.serve import create_app
@@ -121,7 +121,7 @@ def test_chat_page_in_a_real_browser(tmp_path):
     from nanochat_core.data.world import build_world
     from nanochat_core.tokenizer import Tokenizer
     world = build_world(5, n_people=30, n_cities=5, n_countries=2, n_companies=5, n_universities=3)
-    docs = world.kb_documents()
+    docs = on_file(world.kb_documents())  # the scripted model answers "Zed"
     new = {"title": "Quorvex Tamblin", "text": "Quorvex Tamblin was born in Zanzibarre and builds clocks."}
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3 + [new["text"]] * 3), vocab_size=600)
     kb = KnowledgeBase.build(docs, tmp_path / "kb", ["bm25"])

@@ -13,11 +13,11 @@ import time
 
 import pytest
 import torch
-from fakes import BiasedGPT, distinct_city, scripted, tiny_config, tiny_world
+from fakes import BiasedGPT, distinct_city, on_file, scripted, tiny_config, tiny_world
 
 from nanochat_core import chat, cli
 from nanochat_core.checkpoint import save_checkpoint
-from nanochat_core.data.world import build_world
+from nanochat_core.data.world import ABSTAIN, build_world
 from nanochat_core.inference import answer_questions
 from nanochat_core.model import GPT
 from nanochat_core.rag import retrieve
@@ -27,7 +27,7 @@ from nanochat_core.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def setup():
-    return tiny_world(3, 5, 5)
+    return tiny_world(3, 5, 5, answer_word="Zed")  # the scripted models answer "Zed"
 
 
 _config, _city = tiny_config, distinct_city
@@ -80,7 +80,7 @@ def test_events_show_each_search_its_new_sources_then_the_cited_answer(setup):
     scores = [s["score"] for s in events[1]["sources"]]
     assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
     done = events[-1]
-    assert done["answer"] == "Zed" and done["hops"] == 2
+    assert done["answer"] == "Zed" and done["hops"] == 2 and not done["ungrounded"]
     second = events[3]["sources"][1]
     assert done["citations"] == [{"n": 2, "id": second["id"], "title": second["title"], "hop": 2}]
     assert set(done["timings"]) == {"retrieval_s", "generate_s", "first_token_s", "tokens", "tokens_per_s"}
@@ -93,15 +93,32 @@ def test_a_citation_of_a_source_never_shown_resolves_to_nothing(setup):
     assert done["answer"] == "Zed" and done["citations"] == [{"n": 9, "id": None, "title": None, "hop": None}]
 
 
+@pytest.mark.parametrize("mode", ["rag", "refrag", "closed_book"])
+def test_an_answer_no_source_holds_becomes_the_abstention_as_evaluate_scores_it(setup, mode):
+    """"Zorb" is in no document: in RAG and REFRAG modes the answer is the abstention, citing
+    nothing, with the model's text kept in raw; evaluate's answer_questions says the same.
+    Closed-book has no sources, so its answer stands."""
+    _, kb, tok, qs = setup
+    assert not any("zorb" in (d["title"] + " " + d["text"]).lower() for d in kb.docs)
+    model = BiasedGPT(_config(tok), after=scripted(tok, " Zorb [1]")).eval()
+    done = chat.answer(model, tok, qs[0]["question"], mode=mode, kb=kb, k=3)
+    want = answer_questions(model, tok, qs[:1], mode, kb, k=3)[0]
+    grounded = mode != "closed_book"
+    assert done["raw"] == want["raw"] == "Zorb [1]"
+    assert done["answer"] == want["prediction"] == (ABSTAIN if grounded else "Zorb")
+    assert done["ungrounded"] == want["ungrounded"] == grounded
+    assert [c["n"] for c in done["citations"]] == want["citations"] == ([] if grounded else [1])
+
+
 def test_a_character_split_across_tokens_is_held_back_until_whole():
     world = build_world(3, n_people=20, n_cities=4, n_countries=2, n_companies=4, n_universities=2)
     docs = world.kb_documents()
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3), vocab_size=400)  # no merges for CJK bytes
-    kb = KnowledgeBase.build(docs, None, ["bm25"])
+    kb = KnowledgeBase.build(on_file(docs, "\u6771\u4eac"), None, ["bm25"])  # an answer its sources hold
     answer = " \u6771\u4eac[1]"  # two characters of three UTF-8 bytes each, one token per byte
     assert len(tok.encode(answer)) >= 6
     model = BiasedGPT(_config(tok), after=scripted(tok, answer)).eval()
-    events = list(chat.answer_stream(model, tok, "Where?", mode="rag", kb=kb))
+    events = list(chat.answer_stream(model, tok, f"Where is {docs[0]['title']}?", mode="rag", kb=kb))
     pieces = [e["text"] for e in events if e["event"] == "token"]
     assert all("\ufffd" not in p for p in pieces) and "".join(pieces) == answer.strip()
     assert events[-1]["answer"] == "\u6771\u4eac"

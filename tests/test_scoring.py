@@ -8,6 +8,7 @@ import pytest
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.eval_report import hallucination_plot, markdown_report
 from nanochat_core.evaluation import HELD_OUT, aggregate, citation_scores, headline, heldout_rate, is_abstain, score
+from nanochat_core.inference import ground
 
 SINGLE = {"id": "s", "type": "single", "question": "Where was Ada Lovi born?", "answers": ["Palmora"],
           "gold_doc_ids": [["p1"]]}
@@ -49,6 +50,39 @@ def test_one_hallucination_rule_in_every_mode():
     # an empty answer is neither an abstention nor correct
     assert one(SINGLE, "")["hallucinated"] == 1.0
 
+
+BOSEN = {"id": "p2", "title": "Bosen Buka", "text": "Bosen Buka founded Netas Works."}
+
+
+@pytest.mark.parametrize("answer, cites, blocks, want", [
+    ("Palmora", [2], [[OTHER, ADA]], ("Palmora", [2], False)),            # in a shown document
+    ("palmora.", [2], [[OTHER, ADA]], ("palmora.", [2], False)),          # SQuAD normalization
+    ("Palmora", [1], [[OTHER], [THIRD, ADA]], ("Palmora", [1], False)),   # any block, not only the last
+    ("Ada Lovi", [], [[ADA]], ("Ada Lovi", [], False)),                   # a title counts
+    ("Palmora", [1], [[OTHER, THIRD]], (ABSTAIN, [], True)),              # in none: abstain, cite nothing
+    ("Bos", [1], [[BOSEN]], (ABSTAIN, [], True)),                         # a name copied half-way
+    ("Bosen Buka Works", [1], [[BOSEN]], (ABSTAIN, [], True)),            # words, not a substring
+    ("Palmora", [], [], (ABSTAIN, [], True)),                             # nothing shown (an empty hit list)
+    (ABSTAIN, [], [[OTHER]], (ABSTAIN, [], False)),                       # an abstention stands
+    ("the sources do not say", [], [[OTHER]], ("the sources do not say", [], False)),
+    ("", [], [[ADA]], ("", [], False)),                                   # an empty answer stays a failure
+])
+def test_ground_keeps_answers_a_shown_document_holds_and_abstains_otherwise(answer, cites, blocks, want):
+    assert ground(answer, cites, blocks) == want
+
+
+def test_a_grounded_answer_scores_as_the_abstention_and_counts_as_unsupported():
+    """inference.ground replaced the model's "Vessa": the row scores the abstention (right on an
+    unanswerable question, an abstention with EM 0 on an answerable one) and its unsupported
+    says what the model wrote was in no shown document."""
+    p = {"prediction": ABSTAIN, "citations": [], "documents": [[ADA]], "ungrounded": True}
+    row = score([UNANSWERABLE], [p])[0]
+    assert (row["em"], row["hallucinated"], row["abstained"], row["unsupported"]) == (1.0, 0.0, 1.0, 1.0)
+    row = score([SINGLE], [p])[0]
+    assert (row["em"], row["hallucinated"], row["abstained"], row["unsupported"]) == (0.0, 0.0, 1.0, 1.0)
+    # the model's own abstention is no unsupported answer
+    row = score([UNANSWERABLE], [{**p, "ungrounded": False}])[0]
+    assert (row["em"], row["unsupported"]) == (1.0, 0.0)
 
 def test_an_answer_hidden_inside_a_longer_wrong_one():
     # "Palmora and Vessa" contains the gold answer and cites the gold document: EM 0, F1 as

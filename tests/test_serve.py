@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from fakes import BiasedGPT, distinct_city, scripted, tiny_config
+from fakes import BiasedGPT, distinct_city, on_file, scripted, tiny_config
 from fastapi.testclient import TestClient
 
 from nanochat_core.data.world import build_world
@@ -21,7 +21,7 @@ NEW = {"title": "Quorvex Tamblin", "text": "Quorvex Tamblin was born in Zanzibar
 @pytest.fixture(scope="module")
 def world_tok():
     world = build_world(4, n_people=30, n_cities=5, n_countries=2, n_companies=5, n_universities=3)
-    docs = world.kb_documents()
+    docs = on_file(world.kb_documents())  # the scripted models answer "Zed"
     tok = Tokenizer.train(iter([d["text"] for d in docs] * 3 + [NEW["text"]] * 3), vocab_size=600)
     return world, docs, tok
 
