@@ -187,6 +187,21 @@ def test_chat_reads_questions_from_piped_stdin_and_prints_json(setup, files, mon
     assert "answer: Zed [1]" in out and f"  [1] {cited['title']} ({cited['id']})" in out
 
 
+def test_chat_says_when_what_it_wrote_is_in_no_source(setup, files, monkeypatch, capsys):
+    """The streamed "Zorb" is in no source: the human form says the answer is the abstention
+    instead, and --json carries the abstention, the model's text and ungrounded."""
+    _, _, tok, qs = setup
+    model = BiasedGPT(_config(tok), after=scripted(tok, " Zorb [1]")).eval()
+    real_load = chat.load
+    monkeypatch.setattr(chat, "load", lambda *a, **kw: (model, *real_load(*a, **kw)[1:]))
+    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", *_args(files)]) == 0
+    out = capsys.readouterr().out
+    assert "answer: Zorb [1]" in out and f"(in no source it was shown, so the answer is: {ABSTAIN})" in out
+    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--json", *_args(files)]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert (a["answer"], a["raw"], a["ungrounded"], a["citations"]) == (ABSTAIN, "Zorb [1]", True, [])
+
+
 def test_chat_errors_name_the_command_that_fixes_them(setup, files, capsys):
     world, kb, tok, _ = setup
     cases = [
