@@ -13,6 +13,7 @@ from nanochat_core.data.world import ABSTAIN
 from nanochat_core.inference import answer_questions
 from nanochat_core.metrics import exact_match, f1, normalize_answer, wilson_interval
 from nanochat_core.retrieval import KnowledgeBase
+from nanochat_core.stages import MULTI_HOP
 from nanochat_core.tokenizer import Tokenizer
 from nanochat_core.train import resolve_device
 
@@ -134,7 +135,6 @@ def score(questions, predictions):
     return rows
 
 
-MULTI_HOP = ("2hop", "3hop")
 FINAL_DOC = {"search": "after a follow-up search", "hop1": "in hop 1's block (read back)", "never": "never shown"}
 
 
