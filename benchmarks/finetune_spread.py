@@ -101,7 +101,8 @@ def main(argv=None):
     n_val = {t: sum(q["type"] == t for q in val) for t in {q["type"] for q in val}}
 
     def val_em(ckpt, mode):
-        ems = rl.val_em(load_model(ckpt, tok, "cpu")[0], tok, val, kb, e, mode, e["batch_size"])
+        ems = rl.val_em(load_model(ckpt, tok, "cpu")[0], tok, val, kb, e, mode, e["batch_size"],
+                         copy=e["copy_guard"])
         return {t: (n_val[t], em) for t, em in ems.items() if t != "all"}
 
     report = {"root": str(root), "stages": stages, "set": a.set, "documents_seed": params["documents"]["seed"],

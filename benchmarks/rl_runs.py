@@ -57,7 +57,7 @@ def refrag_ems(ckpt, tok, groups, kb, e):
     out, answers = {}, {}
     for t, qs in groups.items():
         preds = answer_questions(model, tok, qs, "refrag", kb, e["k"], e["retriever"], e["max_hops"],
-                                 e["max_new_tokens"], e["batch_size"])
+                                 e["max_new_tokens"], e["batch_size"], copy=e["copy_guard"])
         out[t] = [r["em"] for r in score(qs, preds)]
         answers.update({q["id"]: pr["prediction"] for q, pr in zip(qs, preds)})
     return out, answers

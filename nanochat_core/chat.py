@@ -66,9 +66,10 @@ def prompt_for(tokenizer, question, mode, kb, k, retriever, history=()):
 
 
 def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retriever="bm25", max_hops=3,
-                  max_new_tokens=48, history=(), kb_lock=None):
+                  max_new_tokens=48, history=(), kb_lock=None, copy=True):
     """Yield the events above for one question (greedy decoding). kb_lock, when given, is held
-    around every KB read, so a server can add documents while answers are generated."""
+    around every KB read, so a server can add documents while answers are generated. copy: the
+    engine's copy guard in rag and refrag (evaluate.copy_guard's default), so chat answers as evaluate does."""
     question = check_question(question)
     if mode not in MODES:
         raise ChatError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -103,7 +104,8 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
             retrieval_s += time.perf_counter() - t
             return out
     end = tokenizer.encode_special("<|assistant_end|>")
-    engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops - 1 if tool else None)
+    engine = Engine(model, tokenizer, tool=tool, max_tool_calls=max_hops - 1 if tool else None,
+                    copy=copy and mode != "closed_book")
     specials = tokenizer.special_ids
     search_start, search_end = tokenizer.encode_special("<|search_start|>"), tokenizer.encode_special("<|search_end|>")
     toks, masks, answer_toks, sent = [], [], [], ""

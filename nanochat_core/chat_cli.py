@@ -15,6 +15,9 @@ def _common(p):
     p.add_argument("--retriever", default="bm25", help="an index the KB has: tfidf, bm25, dense or hybrid")
     p.add_argument("--max-hops", type=int, default=3, help="refrag: documents blocks at most (hop 1 included)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="per follow-up query and per answer")
+    p.add_argument("--no-copy-guard", dest="copy", action="store_false",
+                   help="let rag/refrag queries and answers be any text, not only copies of what was shown "
+                        "(evaluate.copy_guard: false; the default decodes as evaluate does)")
 
 
 def register(sub):
@@ -84,7 +87,7 @@ def chat(args, prompt=None):
         try:
             for ev in answer_stream(model, tokenizer, question, mode=args.mode, kb=kb, k=args.k,
                                     retriever=args.retriever, max_hops=args.max_hops,
-                                    max_new_tokens=args.max_new_tokens, history=kept):
+                                    max_new_tokens=args.max_new_tokens, history=kept, copy=args.copy):
                 if args.json:
                     continue
                 if ev["event"] == "search":
@@ -142,5 +145,5 @@ def serve(args):
           file=sys.stderr)
     run(model, tokenizer, kb, host=args.host, port=args.port, checkpoint=ckpt,
         defaults={"mode": args.mode, "k": args.k, "retriever": args.retriever, "max_hops": args.max_hops,
-                  "max_new_tokens": args.max_new_tokens})
+                  "max_new_tokens": args.max_new_tokens, "copy": args.copy})
     return 0

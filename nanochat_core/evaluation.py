@@ -37,7 +37,8 @@ def evaluate(params, qa_dir, kb_dir, checkpoints, tokenizer_path, log=None):
             for t, qs in groups.items():
                 t0 = time.perf_counter()
                 preds = sharded(lambda mine: answer_questions(model, tok, mine, mode, kb, p["k"], p["retriever"],
-                                                               p["max_hops"], p["max_new_tokens"], p["batch_size"]), qs)
+                                                               p["max_hops"], p["max_new_tokens"], p["batch_size"],
+                                                               copy=p["copy_guard"]), qs)
                 seconds = time.perf_counter() - t0
                 rows = score(qs, preds)
                 agg = aggregate(rows)

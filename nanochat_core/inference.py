@@ -9,6 +9,8 @@ Three ways to answer, all with the same model and tokenizer:
                and the engine forces in a block of the follow-up's top-k documents not shown
                yet. At max_hops blocks the engine masks the search markers out, so the model
                must answer. A model that answers after hop 1 is single-shot RAG, token for token.
+With copy=True the engine keeps every rag/refrag query and answer a copy of what was shown
+(engine.CopyGuard); evaluate and RL turn it on (params: evaluate.copy_guard, refrag_finetune.rl_copy_guard).
 Answers cite the documents they used as [n] (their number in the block). A rag or refrag
 answer must occur in a document it was shown; one that occurs in none is replaced by the
 abstention (ground), and the row says so.
@@ -67,18 +69,19 @@ def rag_prompts(tokenizer, questions, kb, k, retriever):
 
 
 def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_hops=3, max_new_tokens=48,
-                    temperature=0.0, seed=0):
+                    temperature=0.0, seed=0, copy=False):
     """REFRAG on one batch of questions, question first. Returns one dict per question:
     prompt (token ids), tokens and masks (what followed the prompt, mask 1 = sampled by the
     model, 0 = a forced documents block; the closing <|assistant_end|> included when the
     model wrote it), finished (it did), limit_from (the index in tokens from which the search
     markers were masked out of sampling, at the hop limit; len(tokens) if never), prediction,
-    raw, citations, documents (one list per block, hop 1 first) and queries (hop 1's is the
-    question). temperature 0 is greedy; RL samples at 1.0 with `seed`."""
+    raw, citations, documents (one list per block, hop 1 first), queries (hop 1's is the
+    question) and allowed (copy=True: the engine's copy guard, {index in tokens: the ids it
+    allowed there}). temperature 0 is greedy; RL samples at 1.0 with `seed`."""
     end = tokenizer.encode_special("<|assistant_end|>")
     shown, prompts = rag_prompts(tokenizer, questions, kb, k, retriever)
     engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown),
-                    max_tool_calls=max_hops - 1)
+                    max_tool_calls=max_hops - 1, copy=copy)
     # max_new_tokens for each follow-up query and for the answer
     toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end], temperature=temperature,
                                         seed=seed)
@@ -91,16 +94,18 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
         limit = engine.limit_from[b]
         out.append({"prompt": prompts[b], "tokens": tokens, "masks": masks[b] + ([1] if finished else []),
                     "finished": finished, "limit_from": len(tokens) if limit is None else limit, "prediction": answer,
+                    "allowed": engine.allowed_at[b],
                     "raw": text, "citations": cites, "documents": shown[b], "queries": [q["question"]] + engine.queries[b]})
     return out
 
 
 def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever="bm25", max_hops=3,
-                     max_new_tokens=48, batch_size=16):
+                     max_new_tokens=48, batch_size=16, copy=False):
     """Greedy answers for `questions` in `mode`. Returns one dict per question: prediction and
     citations (grounded: see ground), raw (the model's own text), ungrounded (ground replaced
     the answer; never in closed_book, which has no documents), the documents the model saw
-    (one list per block), and its search queries."""
+    (one list per block), and its search queries. copy: the engine's copy guard, in rag and
+    refrag alike (so answering after hop 1 stays single-shot RAG); closed-book is shown nothing."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     end = tokenizer.encode_special("<|assistant_end|>")
@@ -108,7 +113,8 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
     for i in range(0, len(questions), batch_size):
         batch = questions[i:i + batch_size]
         if mode == "refrag":
-            for q, r in zip(batch, refrag_rollouts(model, tokenizer, batch, kb, k, retriever, max_hops, max_new_tokens)):
+            for q, r in zip(batch, refrag_rollouts(model, tokenizer, batch, kb, k, retriever, max_hops, max_new_tokens,
+                                                   copy=copy)):
                 answer, cites, replaced = ground(r["prediction"], r["citations"], r["documents"])
                 out.append({"id": q["id"], "type": q["type"], "prediction": answer, "raw": r["raw"], "citations": cites,
                             "ungrounded": replaced, "documents": r["documents"], "queries": r["queries"]})
@@ -118,7 +124,8 @@ def answer_questions(model, tokenizer, questions, mode, kb=None, k=3, retriever=
             prompts = [tokenizer.render_for_completion(closed_book_conversation(q, False)) for q in batch]
         else:
             shown, prompts = rag_prompts(tokenizer, batch, kb, k, retriever)
-        toks, masks = Engine(model).generate_batch(prompts, max_new_tokens, stop_tokens=[end])
+        engine = Engine(model, tokenizer, copy=copy and mode == "rag")
+        toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end])
         for b, q in enumerate(batch):
             text = final_text(tokenizer, toks[b], masks[b])
             answer, cites = parse_answer(text)

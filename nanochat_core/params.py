@@ -71,11 +71,11 @@ DEFAULTS = {
         "rl_steps": 20, "rl_seed": 45, "rl_group_size": 8, "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.2,
         "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
         "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_format": 0.5,
-        "rl_reward_retrieval": 0.0,
+        "rl_reward_retrieval": 0.0, "rl_copy_guard": True,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
-        "retriever": "bm25", "modes": list(MODES), "checkpoints": list(CHECKPOINTS), "device": "auto",
+        "retriever": "bm25", "modes": list(MODES), "checkpoints": list(CHECKPOINTS), "device": "auto", "copy_guard": True,
     },
     "distributed": {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500},
     "tracking": {"experiment": "nanochat-rag", "tracking_uri": "sqlite:///mlflow.db", "register_models": True,

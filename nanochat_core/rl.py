@@ -8,7 +8,9 @@ its reward minus its group's mean reward. It is not divided by the group's stand
 deviation: published search-RL runs collapse with that. The loss is -advantage x log-prob
 over the tokens the model sampled itself (its follow-up queries and its answer), divided by
 the number of such tokens; the prompt, the retrieved documents and padding carry no gradient.
-No KL term and no ratio clipping: every step is on-policy.
+No KL term and no ratio clipping: every step is on-policy. With rl_copy_guard the rollouts
+decode under the engine's copy guard, as evaluate does, and the loss scores each token under
+the same masked softmax the guard sampled it from.
 
 Every eval_every steps the greedy REFRAG EM on the *val* questions is measured, and the best
 step by it is the checkpoint this phase keeps: the test split never selects anything.
@@ -82,7 +84,8 @@ def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
     """The policy that sampled `rows` (prompt + tokens + masks + limit_from each), scored in one
     padded forward pass: (log-probs (N, V) at the N sampled tokens, those tokens (N,), keep (B, T),
     the mask of where they are). As in the engine, logits / temperature, and banned_ids (the
-    search markers) get -inf from each row's limit_from on, where the engine masked them too."""
+    search markers) get -inf from each row's limit_from on, where the engine masked them too;
+    where the engine's copy guard constrained a token (row["allowed"]), every other id gets -inf."""
     x, y, _ = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
@@ -96,6 +99,16 @@ def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
         ban = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
         ban[list(banned_ids)] = True
         logits = logits.masked_fill(at[keep][:, None] & ban, float("-inf"))
+    if any(r.get("allowed") for r in rows):  # the copy guard's masks, at the tokens it constrained
+        at = torch.cumsum(keep.view(-1).long(), 0).view(keep.shape) - 1  # (b, position) -> row of logits
+        guard = torch.zeros_like(logits)
+        for b, r in enumerate(rows):
+            P = len(r["prompt"])
+            for j, ids in r.get("allowed", {}).items():
+                n = int(at[b, P + j - 1])
+                guard[n] = float("-inf")
+                guard[n, ids] = 0.0
+        logits = logits + guard
     return F.log_softmax(logits, dim=-1), y[keep], keep
 
 
@@ -113,12 +126,13 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0,
     return loss, entropy
 
 
-def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32):
+def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32, copy=False):
     """Greedy EM in `mode` (REFRAG for RL) on `questions` (the val split), overall (RL's checkpoint
-    selector) and per question type: {"all": em, "2hop": em, ...}."""
+    selector) and per question type: {"all": em, "2hop": em, ...}. copy: the engine's copy guard."""
     model.eval()
     preds = sharded(lambda mine: answer_questions(model, tokenizer, mine, mode, kb, p["k"], p["retriever"],
-                                                  p["max_hops"], p["max_new_tokens"], batch_size=batch_size), questions)
+                                                  p["max_hops"], p["max_new_tokens"], batch_size=batch_size,
+                                                  copy=copy), questions)
     model.train()
     hits = {}
     for q, pr in zip(questions, preds):
@@ -128,7 +142,7 @@ def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32):
     return out
 
 
-def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8, key=None):
+def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8, key=None, copy=False):
     """What RL could reach from `model`: per question type (or per key(question)), greedy REFRAG
     EM, the mean EM of group_size samples at `temperature`, pass@G (some sample right) and
     grounded pass@G (some sample right with every gold document shown, so not a lucky guess).
@@ -139,9 +153,9 @@ def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0
     per = {}
     for i in range(0, len(questions), batch_size):
         qs = questions[i:i + batch_size]
-        greedy = refrag_rollouts(model, tokenizer, qs, *args)
+        greedy = refrag_rollouts(model, tokenizer, qs, *args, copy=copy)
         samples = refrag_rollouts(model, tokenizer, [q for q in qs for _ in range(group_size)], *args,
-                                  temperature=temperature, seed=seed * 100_003 + i)
+                                  temperature=temperature, seed=seed * 100_003 + i, copy=copy)
         for j, q in enumerate(qs):
             group = samples[j * group_size:(j + 1) * group_size]
             ems = [exact_match(r["prediction"], q["answers"]) for r in group]
@@ -191,7 +205,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
             dist.barrier()
     if rank == 0:
         clear_checkpoints(out_dir)  # RL does not resume: a rerun starts again from the warm-up
-    v = val_em(model, tokenizer, val_qs, kb, rp)
+    v = val_em(model, tokenizer, val_qs, kb, rp, copy=p["rl_copy_guard"])
     best = (v["all"], 0)
     save(0, best[0])
     history.append({"step": 0, **{("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()}})
@@ -213,7 +227,8 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                 batch += b
                 rows += refrag_rollouts(model, tokenizer, b, src, p["k"], p["retriever"], p["max_hops"],
                                         p["rl_max_new_tokens"], temperature=p["rl_temperature"],
-                                        seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i)
+                                        seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i,
+                                        copy=p["rl_copy_guard"])
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)
@@ -245,7 +260,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
                "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}
         if step % p["rl_eval_every"] == 0 or step == total:
-            v = val_em(model, tokenizer, val_qs, kb, rp)
+            v = val_em(model, tokenizer, val_qs, kb, rp, copy=p["rl_copy_guard"])
             rec.update({("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()})
             if rec["val_em"] > best[0]:
                 best = (rec["val_em"], step)

@@ -39,7 +39,8 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
-    defaults = {"mode": "refrag", "k": 3, "retriever": "bm25", "max_hops": 3, "max_new_tokens": 48, **(defaults or {})}
+    defaults = {"mode": "refrag", "k": 3, "retriever": "bm25", "max_hops": 3, "max_new_tokens": 48, "copy": True,
+                **(defaults or {})}
     app = FastAPI(title="nanochat-rag", docs_url=None, redoc_url=None)
     model_lock, kb_lock = asyncio.Lock(), threading.Lock()
     page = (Path(__file__).with_name("chat_ui.html")).read_text()
@@ -117,7 +118,7 @@ def create_app(model, tokenizer, kb, defaults=None, checkpoint=None):
             async with model_lock:
                 gen = answer_stream(model, tokenizer, question, mode=mode, kb=kb, k=k, retriever=defaults["retriever"],
                                     max_hops=hops, max_new_tokens=defaults["max_new_tokens"], history=history[-4:],
-                                    kb_lock=kb_lock)
+                                    kb_lock=kb_lock, copy=defaults["copy"])
                 try:
                     while (ev := await run_in_threadpool(next, gen, None)) is not None:
                         yield json.dumps(ev) + "\n"

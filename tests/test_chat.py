@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def setup():
 _config, _city = tiny_config, distinct_city
 
 
+@pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize("mode", ["closed_book", "rag", "refrag"])
-def test_the_streamed_answer_is_evaluates_answer_token_for_token(setup, mode):
+def test_the_streamed_answer_is_evaluates_answer_token_for_token(setup, mode, copy):
     world, kb, tok, qs = setup
     torch.manual_seed(0)
     sp = tok.encode_special
@@ -42,12 +44,12 @@ def test_the_streamed_answer_is_evaluates_answer_token_for_token(setup, mode):
     # refrag runs search several times, up to the hop limit
     model = BiasedGPT(_config(tok), always={sp("<|search_end|>"): 4.0},
                       after={sp("<|assistant_start|>"): sp("<|search_start|>")}).eval()
-    want = answer_questions(model, tok, qs, mode, kb, k=3, max_hops=3, max_new_tokens=20)
-    if mode == "refrag":
-        assert sum(len(w["queries"]) == 3 for w in want) >= 3  # it searched, to the limit
+    want = answer_questions(model, tok, qs, mode, kb, k=3, max_hops=3, max_new_tokens=20, copy=copy)
+    if mode == "refrag":  # it searched (unguarded to the limit; the guard closes a query only where a word ends)
+        assert sum(len(w["queries"]) == (2 if copy else 3) for w in want) >= 3
     for w, q in zip(want, qs):
         events = list(chat.answer_stream(model, tok, q["question"], mode=mode, kb=kb, k=3, max_hops=3,
-                                         max_new_tokens=20))
+                                         max_new_tokens=20, copy=copy))
         done = events[-1]
         assert done["event"] == "done" and [e for e in events if e["event"] == "done"] == [done]
         assert (done["raw"], done["answer"]) == (w["raw"], w["prediction"])
@@ -67,7 +69,8 @@ def test_events_show_each_search_its_new_sources_then_the_cited_answer(setup):
     torch.manual_seed(0)
     model = BiasedGPT(_config(tok), after=scripted(tok, " Zed [2]", search=" " + city)).eval()
     q = qs[0]["question"]
-    events = list(chat.answer_stream(model, tok, q, mode="refrag", kb=kb, k=3, max_hops=3))
+    # copy=False: the scripted search names a city hop 1 need not show (the guard would forbid it)
+    events = list(chat.answer_stream(model, tok, q, mode="refrag", kb=kb, k=3, max_hops=3, copy=False))
     kinds = [e["event"] for e in events]
     assert kinds[:4] == ["search", "sources", "search", "sources"]
     assert set(kinds[4:-1]) == {"token"} and kinds[-1] == "done"
@@ -97,17 +100,37 @@ def test_a_citation_of_a_source_never_shown_resolves_to_nothing(setup):
 def test_an_answer_no_source_holds_becomes_the_abstention_as_evaluate_scores_it(setup, mode):
     """"Zorb" is in no document: in RAG and REFRAG modes the answer is the abstention, citing
     nothing, with the model's text kept in raw; evaluate's answer_questions says the same.
-    Closed-book has no sources, so its answer stands."""
+    Closed-book has no sources, so its answer stands. (Without the copy guard, which would not
+    let the model write "Zorb" at all: the next test.)"""
     _, kb, tok, qs = setup
     assert not any("zorb" in (d["title"] + " " + d["text"]).lower() for d in kb.docs)
     model = BiasedGPT(_config(tok), after=scripted(tok, " Zorb [1]")).eval()
-    done = chat.answer(model, tok, qs[0]["question"], mode=mode, kb=kb, k=3)
+    done = chat.answer(model, tok, qs[0]["question"], mode=mode, kb=kb, k=3, copy=False)
     want = answer_questions(model, tok, qs[:1], mode, kb, k=3)[0]
     grounded = mode != "closed_book"
     assert done["raw"] == want["raw"] == "Zorb [1]"
     assert done["answer"] == want["prediction"] == (ABSTAIN if grounded else "Zorb")
     assert done["ungrounded"] == want["ungrounded"] == grounded
     assert [c["n"] for c in done["citations"]] == want["citations"] == ([] if grounded else [1])
+
+
+@pytest.mark.parametrize("mode", ["rag", "refrag"])
+def test_the_copy_guard_lets_the_model_write_only_what_it_was_shown(setup, mode):
+    """A model scripted to answer "Zorb" (in no document) under the copy guard: its answer is
+    still a copy of a shown document, starting at a word (or the abstention), so ground keeps it;
+    chat and evaluate agree. Closed-book is never guarded."""
+    _, kb, tok, qs = setup
+    model = BiasedGPT(_config(tok), after=scripted(tok, " Zorb [1]")).eval()
+    for q in qs[:4]:
+        done = chat.answer(model, tok, q["question"], mode=mode, kb=kb, k=3)
+        want = answer_questions(model, tok, [q], mode, kb, k=3, copy=True)[0]
+        assert (done["raw"], done["answer"]) == (want["raw"], want["prediction"])
+        assert "Zorb" not in done["raw"] and not done["ungrounded"]
+        answer = done["raw"].split("[")[0].strip()
+        shown = " ".join(d["title"] + " " + d["text"] for b in want["documents"] for d in b)
+        assert answer and (ABSTAIN.startswith(answer) or re.search(r"(^|\W)" + re.escape(answer), shown)), answer
+    free = chat.answer(model, tok, qs[0]["question"], mode="closed_book", kb=kb, k=3)
+    assert free["raw"] == "Zorb [1]"
 
 
 def test_a_character_split_across_tokens_is_held_back_until_whole():
@@ -169,7 +192,7 @@ def test_chat_reads_questions_from_piped_stdin_and_prints_json(setup, files, mon
     real_load = chat.load
     monkeypatch.setattr(chat, "load", lambda *a, **kw: (model, *real_load(*a, **kw)[1:]))
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(f"{qs[0]['question']}\n{qs[1]['question']}\n"))
-    assert cli.main(["chat", "--json", *_args(files)]) == 0
+    assert cli.main(["chat", "--json", "--no-copy-guard", *_args(files)]) == 0  # it searches for a city not shown
     lines = capsys.readouterr().out.strip().splitlines()
     answers = [json.loads(line) for line in lines]
     assert [a["question"] for a in answers] == [qs[0]["question"], qs[1]["question"]]
@@ -178,7 +201,7 @@ def test_chat_reads_questions_from_piped_stdin_and_prints_json(setup, files, mon
         assert a["citations"][0]["id"] == a["sources"][-1][0]["id"]
     # the human form: each search, its sources with scores, the answer, citations resolved to titles
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(qs[0]["question"] + "\n"))
-    assert cli.main(["chat", *_args(files)]) == 0
+    assert cli.main(["chat", "--no-copy-guard", *_args(files)]) == 0
     out = capsys.readouterr().out
     first = answers[0]["sources"][0][0]
     cited = answers[0]["sources"][-1][0]
@@ -194,12 +217,16 @@ def test_chat_says_when_what_it_wrote_is_in_no_source(setup, files, monkeypatch,
     model = BiasedGPT(_config(tok), after=scripted(tok, " Zorb [1]")).eval()
     real_load = chat.load
     monkeypatch.setattr(chat, "load", lambda *a, **kw: (model, *real_load(*a, **kw)[1:]))
-    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", *_args(files)]) == 0
+    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--no-copy-guard", *_args(files)]) == 0
     out = capsys.readouterr().out
     assert "answer: Zorb [1]" in out and f"(in no source it was shown, so the answer is: {ABSTAIN})" in out
-    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--json", *_args(files)]) == 0
+    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--json", "--no-copy-guard", *_args(files)]) == 0
     a = json.loads(capsys.readouterr().out)
     assert (a["answer"], a["raw"], a["ungrounded"], a["citations"]) == (ABSTAIN, "Zorb [1]", True, [])
+    # by default (the copy guard) it cannot write "Zorb": what it writes is a copy, so nothing is replaced
+    assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--json", *_args(files)]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert "Zorb" not in a["raw"] and not a["ungrounded"]
 
 
 def test_chat_errors_name_the_command_that_fixes_them(setup, files, capsys):

@@ -109,3 +109,43 @@ def test_a_search_end_without_a_start_searches_only_the_models_own_text(tok):
     prompt = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
     eng.generate_batch([prompt], max_tokens=10, stop_tokens=[sp("<|assistant_end|>")])
     assert eng.queries == [["Ada", "Paris"]]
+
+
+def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
+    """CopyGuard.allowed, case by case: what may start a copy, continue it, end it, cite, abstain, search."""
+    from nanochat_core.data.world import ABSTAIN
+    from nanochat_core.engine import CopyGuard
+    g = CopyGuard(tok, tok.get_vocab_size())
+    sp = tok.encode_special
+    shown = g.text(tok.encode("Lima is in Peru. Lima Works was founded by Pubi Mapuvul."))
+
+    def texts(ids):
+        return {g.strs.get(i, i) for i in ids}
+
+    def after(s, query=False, can_search=True):
+        own = ([sp("<|search_start|>")] if query else []) + (tok.encode(s) if s else [])
+        return g.allowed(shown, own, can_search)
+
+    start = after("")
+    assert sp("<|search_start|>") in start and sp("<|search_end|>") not in start and sp("<|assistant_end|>") not in start
+    assert sp("<|search_start|>") not in after("", can_search=False)  # at the hop limit
+    assert all(g.strs[i].lstrip() == "" or g.strs[i].lstrip() in shown or ABSTAIN.startswith(g.strs[i].lstrip())
+               for i in start if i in g.strs)
+    # a copy of "Pubi": may go on to "Pubi Mapuvul", may end (a word ends), may not become "Pube"
+    for s in ("Pub", " Pub"):
+        nxt = after(s)
+        assert all(shown.find((s + g.strs[i]).lstrip()) >= 0 for i in nxt if i in g.strs and not g.strs[i].lstrip().startswith("["))
+        assert sp("<|assistant_end|>") not in nxt  # "Pub" is half a word
+    ended = after(" Pubi Mapuvul")
+    assert sp("<|assistant_end|>") in ended and any(g.strs[i].lstrip().startswith("[") for i in ended if i in g.strs)
+    cites = g.allowed(shown, tok.encode(" Pubi Mapuvul [1"), True)  # then only citations, and the end
+    assert sp("<|assistant_end|>") in cites and sp("<|search_end|>") not in cites
+    assert all(set(g.strs[i]) <= set("[]0123456789 ") for i in cites if i in g.strs)
+    # a query: only copies, closed where a word ends
+    q = after("Lima", query=True)
+    assert sp("<|search_end|>") in q and sp("<|assistant_end|>") not in q
+    assert sp("<|search_end|>") not in after("Lim", query=True) and sp("<|search_end|>") not in after("", query=True)
+    # the abstention, though no document holds it
+    assert sp("<|assistant_end|>") in after(" " + ABSTAIN)
+    mid = after(" The sources do")
+    assert any(ABSTAIN.startswith("The sources do" + g.strs[i]) for i in mid if i in g.strs)

@@ -167,7 +167,7 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
          "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
          "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
          "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
-         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0}
+         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False}
     out = rl.train_rl(_model(), Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
     assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
     for kb, ids in calls:
@@ -187,7 +187,7 @@ def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
         (True, "q1"): [("x", True), ("Kikoland", True), ("y", False), ("", True)],
         (True, "q2"): [("Kikoland", False), ("z", True), ("z", True), ("z", True)]}
 
-    def rollouts(model, tok, qs, kb, *a, temperature=0.0, seed=0):
+    def rollouts(model, tok, qs, kb, *a, temperature=0.0, seed=0, copy=False):
         seen, out = {}, []
         for q in qs:
             i = seen[q["id"]] = seen.get(q["id"], -1) + 1
@@ -235,3 +235,34 @@ def test_rollouts_are_on_policy_the_training_forward_picks_every_token_the_decod
         assert torch.all(picked >= logp.max(dim=-1).values - 1e-4)
         unmasked, _, _ = policy_logprobs(model, rows, tok.get_bos_token_id())  # the limit's mask forgotten
         assert not torch.all(unmasked.gather(1, chosen[:, None])[:, 0] >= unmasked.max(dim=-1).values - 1e-4)
+
+
+def test_rollouts_under_the_copy_guard_are_scored_under_the_guarded_policy():
+    """With rl_copy_guard the engine samples from the guarded softmax; policy_logprobs masks the
+    same ids at the same tokens (row["allowed"]), so every sampled token has a finite log-prob
+    and greedy decoding's choices are the guarded forward's argmax. Forgetting the guard's masks
+    scores a different policy."""
+    from fakes import BiasedGPT, tiny_config, tiny_world
+
+    from nanochat_core.engine import LIMIT_MASKED
+    from nanochat_core.inference import refrag_rollouts
+    from nanochat_core.rl import policy_logprobs
+    world, kb, tok, qs = tiny_world(3, 4, 4)
+    sp = tok.encode_special
+    banned = [sp(t) for t in LIMIT_MASKED]
+    torch.manual_seed(2)
+    model = BiasedGPT(tiny_config(tok), always={sp("<|search_end|>"): 3.0},
+                      after={sp("<|assistant_start|>"): sp("<|search_start|>")}).eval()
+    greedy = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=8, copy=True)
+    sampled = refrag_rollouts(model, tok, qs * 2, kb, k=2, max_hops=2, max_new_tokens=8, copy=True,
+                              temperature=1.0, seed=5)
+    assert all(r["allowed"] for r in greedy + sampled)
+    with torch.no_grad():
+        logp, chosen, _ = policy_logprobs(model, greedy, tok.get_bos_token_id(), banned_ids=banned)
+        picked = logp.gather(1, chosen[:, None])[:, 0]
+        assert torch.all(picked >= logp.max(dim=-1).values - 1e-4)
+        free, _, _ = policy_logprobs(model, [{**r, "allowed": {}} for r in greedy], tok.get_bos_token_id(),
+                                     banned_ids=banned)
+        assert not torch.all(free.gather(1, chosen[:, None])[:, 0] >= free.max(dim=-1).values - 1e-4)
+        logp, chosen, _ = policy_logprobs(model, sampled, tok.get_bos_token_id(), 1.0, banned)
+        assert torch.isfinite(logp.gather(1, chosen[:, None])).all()
