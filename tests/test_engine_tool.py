@@ -119,9 +119,6 @@ def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
     sp = tok.encode_special
     shown = g.text(tok.encode("Lima is in Peru. Lima Works was founded by Pubi Mapuvul."))
 
-    def texts(ids):
-        return {g.strs.get(i, i) for i in ids}
-
     def after(s, query=False, can_search=True):
         own = ([sp("<|search_start|>")] if query else []) + (tok.encode(s) if s else [])
         return g.allowed(shown, own, can_search)
@@ -135,6 +132,8 @@ def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
     for s in ("Pub", " Pub"):
         nxt = after(s)
         assert all(shown.find((s + g.strs[i]).lstrip()) >= 0 for i in nxt if i in g.strs and not g.strs[i].lstrip().startswith("["))
+        assert not any((s + g.strs[i]).lstrip().startswith("Pube") for i in nxt if i in g.strs)
+        assert any((s + g.strs[i]).lstrip().startswith("Pubi") for i in nxt if i in g.strs)
         assert sp("<|assistant_end|>") not in nxt  # "Pub" is half a word
     ended = after(" Pubi Mapuvul")
     assert sp("<|assistant_end|>") in ended and any(g.strs[i].lstrip().startswith("[") for i in ended if i in g.strs)
