@@ -143,7 +143,7 @@ def answer_stream(model, tokenizer, question, mode="refrag", kb=None, k=3, retri
     answer, cites = parse_answer(raw)
     replaced = False
     if mode != "closed_book":  # as evaluate scores it: an answer the sources do not hold becomes the abstention
-        answer, cites, replaced = ground(answer, cites, shown[0])
+        answer, cites, replaced = ground(answer, cites, shown[0], [question] + engine.queries[0])
     final = sources[-1] if sources else []
     citations = [{"n": c, "id": final[c - 1]["id"], "title": final[c - 1]["title"], "hop": len(sources)}
                  if 0 < c <= len(final) else {"n": c, "id": None, "title": None, "hop": None} for c in cites]

@@ -89,4 +89,3 @@ def test_under_the_copy_guard_every_query_and_answer_is_a_copy_of_what_was_shown
             assert query and _copied(query, p["queries"][0] + " " + text(p["documents"][:i])), query
         answer = p["raw"].split("[")[0].strip()
         assert answer and (ABSTAIN.startswith(answer) or _copied(answer, p["queries"][0] + " " + text(p["documents"])))
-        assert not p["ungrounded"] or answer not in text(p["documents"])  # ground, not the guard, may still abstain

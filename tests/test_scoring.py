@@ -71,6 +71,25 @@ def test_ground_keeps_answers_a_shown_document_holds_and_abstains_otherwise(answ
     assert ground(answer, cites, blocks) == want
 
 
+NETAS = {"id": "c3", "title": "Netas Works", "text": "Netas Works is headquartered in Heba. Bosen Buka founded Netas Works."}
+YEAR = {"id": "p3", "title": "Tofe Fagon", "text": "Tofe Fagon was born in 1976."}
+
+
+@pytest.mark.parametrize("answer, blocks, queries, want", [
+    # after a follow-up search the answer must be in a shown document naming the last query
+    ("1976", [[NETAS], [BOSEN, YEAR]], ["Q?", "Bosen Buka"], (ABSTAIN, [], True)),  # a year off another document
+    ("1976", [[NETAS], [BOSEN, YEAR]], ["Q?", "Tofe Fagon"], ("1976", [], False)),
+    ("Heba", [[NETAS], [BOSEN]], ["Q?", "Netas Works"], ("Heba", [], False)),      # read back from hop 1's block
+    ("Heba", [[NETAS], [BOSEN]], ["Q?", "netas works "], ("Heba", [], False)),     # case and spaces
+    ("Heba", [[NETAS], [BOSEN]], ["Q?", "Bosen Buka", "Zed"], (ABSTAIN, [], True)),  # the last query, not any
+    ("Heba", [[NETAS]], ["Q?"], ("Heba", [], False)),                               # no follow-up: as before
+    ("Heba", [[NETAS]], [], ("Heba", [], False)),                                   # RAG: no queries
+    (ABSTAIN, [[NETAS], [BOSEN]], ["Q?", "Zed"], (ABSTAIN, [], False)),             # an abstention stands
+])
+def test_after_a_follow_up_the_answer_must_come_from_a_document_naming_the_last_query(answer, blocks, queries, want):
+    assert ground(answer, [], blocks, queries) == want
+
+
 def test_a_grounded_answer_scores_as_the_abstention_and_counts_as_unsupported():
     """inference.ground replaced the model's "Vessa": the row scores the abstention (right on an
     unanswerable question, an abstention with EM 0 on an answerable one) and its unsupported
