@@ -9,8 +9,8 @@ Events (dicts, in order):
   {"event": "token",   "text": t}                         the answer as it is written
   {"event": "done",    "answer", "raw", "ungrounded", "citations": [{n, id, title, hop}], "queries",
                        "sources" (one list per hop), "hops", "timings"}
-                       answer: as evaluate scores it (inference.ground): when the streamed text
-                       occurs in no source, the abstention, and ungrounded is true
+                       answer: as evaluate scores it (inference.ground): when no source backs the
+                       streamed text, the abstention, and ungrounded is true
 """
 import contextlib
 import time

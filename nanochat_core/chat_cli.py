@@ -112,8 +112,8 @@ def chat(args, prompt=None):
         else:
             if answer_open:
                 print(file=out)
-                if ev.get("ungrounded"):  # what streamed is in no source it was shown
-                    print(f"  (in no source it was shown, so the answer is: {ev['answer']})", file=out)
+                if ev.get("ungrounded"):  # no source it was shown backs what streamed (inference.ground)
+                    print(f"  (no source it was shown backs this, so the answer is: {ev['answer']})", file=out)
             else:
                 print(f"answer: {ev['answer']}", file=out)
             for c in ev["citations"]:

@@ -219,7 +219,7 @@ def test_chat_says_when_what_it_wrote_is_in_no_source(setup, files, monkeypatch,
     monkeypatch.setattr(chat, "load", lambda *a, **kw: (model, *real_load(*a, **kw)[1:]))
     assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--no-copy-guard", *_args(files)]) == 0
     out = capsys.readouterr().out
-    assert "answer: Zorb [1]" in out and f"(in no source it was shown, so the answer is: {ABSTAIN})" in out
+    assert "answer: Zorb [1]" in out and f"(no source it was shown backs this, so the answer is: {ABSTAIN})" in out
     assert cli.main(["chat", "-p", qs[0]["question"], "--mode", "rag", "--json", "--no-copy-guard", *_args(files)]) == 0
     a = json.loads(capsys.readouterr().out)
     assert (a["answer"], a["raw"], a["ungrounded"], a["citations"]) == (ABSTAIN, "Zorb [1]", True, [])
