@@ -60,7 +60,8 @@ class CopyGuard:
     (world 2027); test 2-hop 0.613 -> 0.713 and 0.600 -> 0.733 (15 and 20 questions gained, none
     lost), 3-hop 0.625 -> 0.696 and 0.473 -> 0.589; unanswerable 1.000 -> 0.960 and 0.973 ->
     0.960 (a search now reaches a founder whose birth year is missing, and the model answers a
-    year read off another document, which grounding cannot catch)."""
+    year read off another document: inference.ground's check that the answer's document names
+    the last query was added for that)."""
 
     def __init__(self, tokenizer, vocab_size):
         self.specials = set(tokenizer.special_ids)
