@@ -78,6 +78,10 @@ class CopyGuard:
         self.search_start = tokenizer.encode_special("<|search_start|>")
         self.search_end = tokenizer.encode_special("<|search_end|>")
         self.end = tokenizer.encode_special("<|assistant_end|>")
+        self.reset()
+
+    def reset(self):
+        """Forget the word starts of earlier texts (the engine calls this once per generation)."""
         self._starts = {}
 
     def text(self, ids):
@@ -117,9 +121,9 @@ class Engine:
     def __init__(self, model, tokenizer=None, tool=None, max_tool_calls=None, copy=False):
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
         self.max_tool_calls = max_tool_calls  # REFRAG's follow-up searches; None = unlimited
-        self.copy = copy
         if copy and tokenizer is None:
             raise ValueError("Engine(copy=True) needs the tokenizer to read what the model was shown")
+        self.guard = CopyGuard(tokenizer, model.config.vocab_size) if copy else None
         if tool is not None:
             if tokenizer is None:
                 raise ValueError("Engine(tool=...) needs the tokenizer to find the search-call tokens")
@@ -160,9 +164,8 @@ class Engine:
         # markers masked out, None while it has not happened: RL's loss must score that policy.
         self.limit_from = [None] * B
         self.allowed_at = [{} for _ in range(B)]
-        if self.copy:
-            self.guard = getattr(self, "guard", None) or CopyGuard(self.tokenizer, logits.size(-1))
-            self.guard._starts = {}
+        if self.guard:
+            self.guard.reset()
             self._shown = {}  # row -> (own_from, the text it was shown), recomputed after each forced block
         done = [False] * B
         last = [0] * B
@@ -193,7 +196,7 @@ class Engine:
                     for b in spent:
                         if self.limit_from[b] is None and not forced[b]:
                             self.limit_from[b] = len(history[b]) - len(prompts[b])
-            if self.copy:
+            if self.guard:
                 logits = self._guard(logits, active, forced, history, own_from, calls, prompts)
             sampled = sample_next(logits, temperature, top_k, gen).tolist()
             tokens, masks = [], []

@@ -100,12 +100,12 @@ def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
         ban[list(banned_ids)] = True
         logits = logits.masked_fill(at[keep][:, None] & ban, float("-inf"))
     if any(r.get("allowed") for r in rows):  # the copy guard's masks, at the tokens it constrained
-        at = torch.cumsum(keep.view(-1).long(), 0).view(keep.shape) - 1  # (b, position) -> row of logits
+        row_of = torch.cumsum(keep.view(-1).long(), 0).view(keep.shape) - 1  # (b, position) -> row of logits
         guard = torch.zeros_like(logits)
         for b, r in enumerate(rows):
             P = len(r["prompt"])
             for j, ids in r.get("allowed", {}).items():
-                n = int(at[b, P + j - 1])
+                n = int(row_of[b, P + j - 1])
                 guard[n] = float("-inf")
                 guard[n, ids] = 0.0
         logits = logits + guard
