@@ -132,6 +132,9 @@ def test_weighted_targets_train_the_weighted_mean():
         assert torch.allclose(model(x, y, weights=keep), model(x, y), rtol=1e-6)
         answers = (w == 1).float()  # weight 0 on the documents: the answers' own mean
         assert torch.allclose(model(x, y, weights=answers), ce[w == 1].mean(), rtol=1e-5)
+        for reduction in ("none", "sum"):  # weights that would be ignored are refused, by name
+            with pytest.raises(ValueError, match=f"weights apply to the mean loss only, not reduction='{reduction}'"):
+                model(x, y, reduction=reduction, weights=w)
 
 
 def test_conversation_batches_pad_little_and_draw_every_row_equally():

@@ -177,6 +177,9 @@ class GPT(nn.Module):
         mask). valid: (B, T) bool, False on left padding. cache: InferenceCache for generation.
         weights: (B, T) float, each target's weight in the mean loss (None: all 1).
         Returns logits (B, T, vocab) without targets, else the loss."""
+        if weights is not None and reduction != "mean":  # they would be silently ignored
+            raise ValueError(f"GPT.forward: weights apply to the mean loss only, not reduction={reduction!r}; "
+                             "pass reduction='mean', or multiply the per-token losses by them yourself")
         B, T = idx.shape
         if cache is not None:
             cache.ensure(T)
