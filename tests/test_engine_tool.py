@@ -137,9 +137,22 @@ def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
         assert sp("<|assistant_end|>") not in nxt  # "Pub" is half a word
     ended = after(" Pubi Mapuvul")
     assert sp("<|assistant_end|>") in ended and any(g.strs[i].lstrip().startswith("[") for i in ended if i in g.strs)
-    cites = g.allowed(shown, tok.encode(" Pubi Mapuvul [1"), True)  # then only citations, and the end
-    assert sp("<|assistant_end|>") in cites and sp("<|search_end|>") not in cites
-    assert all(set(g.strs[i]) <= set("[]0123456789 ") for i in cites if i in g.strs)
+    cites = g.allowed(shown, tok.encode(" Pubi Mapuvul [1"), True)  # then only whole citations, and the end
+    assert sp("<|assistant_end|>") not in cites and sp("<|search_end|>") not in cites  # "[1" is open
+    assert all(set(g.strs[i]) <= set("]0123456789") for i in cites if i in g.strs)
+    closed = g.allowed(shown, tok.encode(" Pubi Mapuvul [1]"), True)
+    assert sp("<|assistant_end|>") in closed
+    assert all(g.strs[i].lstrip().startswith("[") or not g.strs[i].strip() for i in closed if i in g.strs)  # no "[1]63"
+    # a name is copied whole: "Pubi" may not end the answer (it goes on to " Mapuvul"), "Lima" may
+    # (" is"); no copy starts inside a name ("Mapuvul"), one may start at "Lima Works"
+    assert sp("<|assistant_end|>") not in after(" Pubi") and sp("<|search_end|>") not in after("Pubi", query=True)
+    assert sp("<|assistant_end|>") in after(" Lima") and sp("<|assistant_end|>") in after(" Lima Works")
+    assert after(" Mapuvul") == [] and after("Mapuvul", query=True) == [] and after(" Works") == []
+    assert after(" Lima Works") != [] and after(" Pubi Mapuvul") != []
+    # a copy stays on one line: a documents block's next line ("[2] Lima...") is no part of it
+    two = g.text(tok.encode("Ada lives in Lima.\n[2] Peru\nPeru is big."))
+    assert not any("\n" in g.strs[i] for i in g.allowed(two, tok.encode(" Lima."), True) if i in g.strs)
+    assert sp("<|assistant_end|>") in g.allowed(two, tok.encode(" Lima."), True)
     # a query: only copies, closed where a word ends
     q = after("Lima", query=True)
     assert sp("<|search_end|>") in q and sp("<|assistant_end|>") not in q
