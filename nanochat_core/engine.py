@@ -64,10 +64,12 @@ def _at_word(text, w):
     return out
 
 
-def _ends(after):
-    """Whether a copy may end before `after` (what follows it in the shown text): where a word
-    ends, but not inside a name (not before " Mapuvul": "Pubi" alone is a cut name)."""
-    return after == "" or (not after[0].isalnum() and not (after[0] == " " and after[1:2].isupper()))
+def _ends(v, after):
+    """Whether a copy v may end before `after` (what follows it in the shown text): where a word
+    ends, but not inside a name (a capitalized word before " Mapuvul": "Pubi" alone is a cut name)."""
+    if after and after[0].isalnum():
+        return False
+    return not (v[-1:].isalnum() and v.split()[-1][0].isupper() and after[:1] == " " and after[1:2].isupper())
 
 
 _CITES = re.compile(r"(\s*\[\d+\])*\s*(\[\d*)?")  # "[1][3]", " [2] [4", "" (what an answer ends with)
@@ -107,7 +109,8 @@ class CopyGuard:
         self.citing = [i for i, s in self.strs.items() if s and set(s) <= set("[]0123456789 ")]  # "[2]", " [1][3]"
         self.cite = [i for i in self.citing if self.strs[i].lstrip().startswith("[")]
         self.spaces = [i for i, s in self.strs.items() if s and not s.strip(" ")]
-        self.newline = {i for i, s in self.strs.items() if "\n" in s}  # a copy stays inside one line (one document)
+        # A copy stays inside one line (one document) and one message (specials read as NUL; so does token 0).
+        self.breaks = {i for i, s in self.strs.items() if "\n" in s or "\x00" in s}
         self.abstain_start = [i for i, s in self.strs.items() if s.lstrip() and ABSTAIN.startswith(s.lstrip())]
         self.search_start = tokenizer.encode_special("<|search_start|>")
         self.search_end = tokenizer.encode_special("<|search_end|>")
@@ -136,7 +139,7 @@ class CopyGuard:
                 at = {shown[p:p + n] for p in range(len(shown)) if _word_start(shown, p)
                       for n in range(1, self.longest + 1)}
                 self._starts[shown] = self.spaces + [i for i, s in self.strs.items()
-                                                     if s.strip() and s.lstrip(" ") in at and i not in self.newline]
+                                                     if s.strip() and s.lstrip(" ") in at and i not in self.breaks]
             out = list(self._starts[shown])
             if not query:
                 out += self.abstain_start
@@ -145,9 +148,9 @@ class CopyGuard:
             return out
         nxt = _at_word(shown, w)
         out = [i for c in {f[:1] for f in nxt} if c for i in self.by_first.get(c, ())
-               if i not in self.newline and _at_word(shown, w + self.strs[i])]
+               if i not in self.breaks and _at_word(shown, w + self.strs[i])]
         v = w.rstrip()  # a copy ends where a word does (a space before the citation is no part of it)
-        ends = v == ABSTAIN or any(_ends(f) for f in (nxt if v == w else _at_word(shown, v)))
+        ends = v == ABSTAIN or any(_ends(v, f) for f in (nxt if v == w else _at_word(shown, v)))
         if query:
             return out + [self.search_end] * ends
         if ABSTAIN.startswith(w) and len(w) < len(ABSTAIN):

@@ -140,6 +140,8 @@ def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
     cites = g.allowed(shown, tok.encode(" Pubi Mapuvul [1"), True)  # then only whole citations, and the end
     assert sp("<|assistant_end|>") not in cites and sp("<|search_end|>") not in cites  # "[1" is open
     assert all(set(g.strs[i]) <= set("]0123456789") for i in cites if i in g.strs)
+    assert any(g.strs.get(i) == "]" for i in cites) and any(g.strs.get(i, "x").isdigit() for i in cites)
+    assert any(g.strs.get(i, "x").isdigit() for i in g.allowed(shown, tok.encode(" Pubi Mapuvul ["), True))
     closed = g.allowed(shown, tok.encode(" Pubi Mapuvul [1]"), True)
     assert sp("<|assistant_end|>") in closed
     assert all(g.strs[i].lstrip().startswith("[") or not g.strs[i].strip() for i in closed if i in g.strs)  # no "[1]63"
@@ -149,6 +151,12 @@ def test_the_copy_guard_allows_only_continuations_of_a_shown_copy(tok):
     assert sp("<|assistant_end|>") in after(" Lima") and sp("<|assistant_end|>") in after(" Lima Works")
     assert after(" Mapuvul") == [] and after("Mapuvul", query=True) == [] and after(" Works") == []
     assert after(" Lima Works") != [] and after(" Pubi Mapuvul") != []
+    for inner in ("Mapuvul", "Works"):  # the start set itself (not only the continuations) skips them
+        assert not any(g.strs[i].lstrip() and inner.startswith(g.strs[i].lstrip()) for i in start if i in g.strs)
+    # only a name is never cut: a copy ending in a small word, or a sentence's end, may end before a capital
+    lower = g.text(tok.encode("Ada was born in Lima. Lima Works hired Ada in Peru"))
+    assert sp("<|assistant_end|>") in g.allowed(lower, tok.encode(" born in"), True)
+    assert sp("<|assistant_end|>") in g.allowed(lower, tok.encode(" Lima."), True)
     # a copy stays on one line: a documents block's next line ("[2] Lima...") is no part of it
     two = g.text(tok.encode("Ada lives in Lima.\n[2] Peru\nPeru is big."))
     assert not any("\n" in g.strs[i] for i in g.allowed(two, tok.encode(" Lima."), True) if i in g.strs)
