@@ -96,7 +96,7 @@ class CopyGuard:
     document), and citations are whole "[n]"s. Why: the guarded model still cut names ("Bosen"
     for "Bosen Buka", "Nutar" for "Nutar Lotasa") and ran a copy into the next document's
     label ("Kodan.\n[3]63"). Val (all 163, greedy), default warm-ups: 0.779 -> 0.791 (world
-    1337) and 0.761 -> 0.779 (world 2027), no question lost; then on test (`dvc repro` at
+    1337) and 0.761 -> 0.779 (world 2027), no type lower; then on test (`dvc repro` at
     3669f74) the warm-ups' 2-hop 0.713 -> 0.720 and 0.733 -> 0.747."""
 
     def __init__(self, tokenizer, vocab_size):
