@@ -7,7 +7,7 @@ After `dvc repro refrag_finetune`, runs refrag_finetune's RL phase (`stages.refr
 pipeline's own code) from the clone's warm-up checkpoint with --set overrides, once per seed
 (rl_seed); val picks the step kept, as in the pipeline. Then greedy REFRAG EM of the warm-up and
 of each kept checkpoint on evaluate's test questions (params' evaluate section: the same
-questions, batching and scoring as reports/metrics.json), per type with n and a 95% Wilson
+questions, batching and scoring as reports/eval.json), per type with n and a 95% Wilson
 interval, and RL minus warm-up on the same questions: the difference, how many questions RL
 gained and lost, and a 95% interval of the paired difference (normal approximation: with few
 questions gained plus lost it is too narrow, zero-wide when none are, so read the counts too).

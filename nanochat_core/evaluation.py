@@ -230,6 +230,8 @@ def headline(results):
         "rag_em_2hop": em(final, "rag", "2hop"),
         "refrag_em_2hop": em(final, "refrag", "2hop"),
         "refrag_em_3hop": em(final, "refrag", "3hop"),
+        "refrag_em_single": em(final, "refrag", "single"),
+        "refrag_abstention_unanswerable": results.get(final, {}).get("refrag", {}).get("unanswerable", {}).get("abstained"),
         "refrag_sft_em_2hop": em("refrag_sft", "refrag", "2hop"),
         "rag_abstention_unanswerable": results.get(rag_ck, {}).get("rag", {}).get("unanswerable", {}).get("abstained"),
         "rag_em_counterfactual": em(rag_ck, "rag", "counterfactual"),

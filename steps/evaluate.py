@@ -1,6 +1,8 @@
 """evaluate: every checkpoint x mode (closed-book, RAG, REFRAG) x question type -> the
-metrics (DVC metrics), the report (Table 1), the EM-by-type and held-out hallucination plots,
-the long table, and every answer, for reading. Paths: dvc.yaml."""
+headline numbers (the DVC metrics file: few enough to read in `dvc metrics show`), every
+figure (the eval file: per checkpoint x mode x type, where multi-hop answers fail, EM by
+relation chain), the report (Table 1), the EM-by-type and held-out hallucination plots, the
+long table, and every answer, for reading. Paths: dvc.yaml."""
 import json
 
 from nanochat_core import evaluation
@@ -20,8 +22,9 @@ def run(inputs, params, paths, log, ctx):
 
 def save(result, params, paths):
     results = result["results"]
-    atomic_write_json(paths["metrics"], {"headline": result["headline"], "results": results,
-                                         "final_doc": result["final_doc"], "by_relation": result["by_relation"]})
+    atomic_write_json(paths["eval"], {"headline": result["headline"], "results": results,
+                                      "final_doc": result["final_doc"], "by_relation": result["by_relation"]})
+    atomic_write_json(paths["metrics"], {"headline": result["headline"]})
     markdown_report(results, result["headline"], paths["report"], evaluation.HELD_OUT, result["final_doc"],
                     result["by_relation"])
     eval_plot(results, paths["plot_csv"], paths["plot_png"], paths["table"])
@@ -30,5 +33,5 @@ def save(result, params, paths):
     atomic_write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result["predictions"]))
     metrics = {k: v for k, v in result["headline"].items() if v is not None}
     metrics.update(numeric_leaves(results))
-    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "report", "plot_png", "plot_csv", "table",
+    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "eval", "report", "plot_png", "plot_csv", "table",
                                                                        "halluc_png", "halluc_csv")])

@@ -88,6 +88,7 @@ def test_dvc_outs_follow_the_file_contracts():
     assert "checkpoints/tokenizer" in dict(_entries(DVC_YAML["pretrain"]["outs"]))
     metrics = dict(_entries(DVC_YAML["evaluate"]["metrics"]))
     assert metrics["reports/metrics.json"] == {"cache": False}
+    assert dict(_entries(DVC_YAML["evaluate"]["outs"]))["reports/eval.json"] == {"cache": False}  # every figure
     assert "reports/plots/eval_by_type.csv" in dict(_entries(DVC_YAML["evaluate"]["outs"]))
     # the per-type chart is a top-level plot: one bar per mode, columns of that CSV
     top = {k: v for p in yaml.safe_load(open(REPO_ROOT / "dvc.yaml"))["plots"] for k, v in p.items()}
@@ -349,8 +350,14 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     assert set(STAGES) <= set(runs)
     assert len({runs[s].data.tags["mlflow.parentRunId"] for s in STAGES}) == 1
     _assert_lineage_reaches_the_documents(client, runs, tmp_path)
-    # The failure split accounts for every REFRAG multi-hop answer, in metrics.json and report.md.
-    m = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    # `dvc metrics show` gets the headline alone (one readable row), the same numbers eval.json holds;
+    # the failure split accounts for every REFRAG multi-hop answer, in eval.json and report.md.
+    m = json.loads((tmp_path / "reports" / "eval.json").read_text())
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == {"headline": m["headline"]}
+    assert m["headline"]["refrag_em_2hop"] == m["results"]["refrag"]["refrag"]["2hop"]["em"]
+    shown = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "reports/metrics.json" in shown.stdout and '"results"' not in shown.stdout and '"by_relation"' not in shown.stdout
     assert m["final_doc"]
     for ck, by_type in m["final_doc"].items():
         assert set(by_type) == {"2hop", "3hop"}
