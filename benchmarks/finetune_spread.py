@@ -11,7 +11,7 @@ mode after the warm-up, and per setting the mean and range over seeds. The test 
 read, so a setting chosen here can still be reported on test.
 
 Why: on this 1.4M-parameter model one training run per figure hides a seed-to-seed spread as
-large as the effects being measured (README Status), so a change is judged by its spread here.
+large as the effects being measured (docs/history.md), so a change is judged by its spread here.
 Checkpoints go to --work (a temporary directory by default). Writes a JSON report (default
 benchmarks/results/finetune_spread.json).
 """

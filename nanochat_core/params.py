@@ -40,7 +40,7 @@ TRAINING = {
 }
 # The fine-tuning stages move a pretrained model: a quarter of pretraining's rates. At pretraining's
 # rates the fine-tuned model swung with seed and float rounding (val single-hop RAG EM 0.26-0.42);
-# at a quarter 0.82-0.86 (README Status, "Fine-tuning at a quarter of pretrain's learning rates").
+# at a quarter 0.82-0.86 (docs/history.md, "Fine-tuning at a quarter of pretrain's learning rates").
 FINETUNE_LRS = {"matrix_lr": 0.005, "embedding_lr": 0.05, "unembedding_lr": 0.001, "scalar_lr": 0.001}
 
 DEFAULTS = {
