@@ -33,5 +33,5 @@ def save(result, params, paths):
     atomic_write_text(paths["predictions"], "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result["predictions"]))
     metrics = {k: v for k, v in result["headline"].items() if v is not None}
     metrics.update(numeric_leaves(results))
-    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "eval", "report", "plot_png", "plot_csv", "table",
-                                                                       "halluc_png", "halluc_csv")])
+    return stage_result(metrics=metrics, artifacts=[paths[k] for k in ("metrics", "eval", "report", "plot_png", "plot_csv",
+                                                                       "table", "halluc_png", "halluc_csv")])
