@@ -72,7 +72,8 @@ def _ends(v, after):
     return not (v[-1:].isalnum() and v.split()[-1][0].isupper() and after[:1] == " " and after[1:2].isupper())
 
 
-_CITES = re.compile(r"(\s*\[\d+\])*\s*(\[\d*)?")  # "[1][3]", " [2] [4", "" (what an answer ends with)
+_CLOSED = r"(\s*\[\d+\])*\s*"  # "[1][3] ", "": citations an answer may end with
+_CITES = re.compile(_CLOSED + r"(\[\d*)?")  # also " [2] [4": what an answer's tail may be while it is written
 
 
 class CopyGuard:
@@ -133,7 +134,7 @@ class CopyGuard:
         if not query and "[" in u:  # the citations: only whole "[n]"s and spaces, then the end
             c = u[u.index("["):]
             return [i for i in self.citing if _CITES.fullmatch(c + self.strs[i])] + \
-                [self.end] * bool(re.fullmatch(r"(\s*\[\d+\])*\s*", c))
+                [self.end] * bool(re.fullmatch(_CLOSED, c))
         w = u.lstrip(" ")
         if not w:  # a copy starts: any token that begins a word of the shown text
             if shown not in self._starts:

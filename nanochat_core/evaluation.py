@@ -218,8 +218,8 @@ def heldout_rate(results, ck, mode, key="hallucinated"):
 
 def headline(results):
     """The numbers the README's claims rest on (None where a combination was not run)."""
-    def em(ck, mode, t):
-        return results.get(ck, {}).get(mode, {}).get(t, {}).get("em")
+    def em(ck, mode, t, key="em"):
+        return results.get(ck, {}).get(mode, {}).get(t, {}).get(key)
     final = "refrag" if "refrag" in results else ("rag" if "rag" in results else next(iter(results), None))
     rag_ck = "rag" if "rag" in results else final
     rag, closed = heldout_rate(results, "rag", "rag"), heldout_rate(results, "rag", "closed_book")
@@ -231,9 +231,9 @@ def headline(results):
         "refrag_em_2hop": em(final, "refrag", "2hop"),
         "refrag_em_3hop": em(final, "refrag", "3hop"),
         "refrag_em_single": em(final, "refrag", "single"),
-        "refrag_abstention_unanswerable": results.get(final, {}).get("refrag", {}).get("unanswerable", {}).get("abstained"),
+        "refrag_abstention_unanswerable": em(final, "refrag", "unanswerable", "abstained"),
         "refrag_sft_em_2hop": em("refrag_sft", "refrag", "2hop"),
-        "rag_abstention_unanswerable": results.get(rag_ck, {}).get("rag", {}).get("unanswerable", {}).get("abstained"),
+        "rag_abstention_unanswerable": em(rag_ck, "rag", "unanswerable", "abstained"),
         "rag_em_counterfactual": em(rag_ck, "rag", "counterfactual"),
         # The rag checkpoint, held-out questions pooled. The seeds claim "40-50% less
         # hallucination" with RAG: the ratio at 0.5-0.6.
