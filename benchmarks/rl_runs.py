@@ -118,6 +118,8 @@ def main(argv=None):
     tok = Tokenizer.load(tok_path)
     kb = KnowledgeBase.load(paths["kb"])
     train, val = read_jsonl(paths["qa"] / "train.jsonl"), read_jsonl(paths["qa"] / "val.jsonl")
+    rl_path = paths["qa"] / "rl.jsonl"  # RL people's questions (documents.world.rl_fraction), as the pipeline reads them
+    qa_rl = read_jsonl(rl_path) if rl_path.exists() and a.train_on == "train" else []
     e = params["evaluate"]
     groups = {t: qs for t, qs in question_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
     if a.train_on == "val":
@@ -134,7 +136,8 @@ def main(argv=None):
             p = {**params, "refrag_finetune": {**params["refrag_finetune"], "rl_seed": seed}}
             out = work / f"rl_seed{seed}"
             t0 = time.time()
-            s = stages.refrag_rl(p, paths["sft"], out, tok_path, val if a.train_on == "val" else train, val, kb)
+            s = stages.refrag_rl(p, paths["sft"], out, tok_path, val if a.train_on == "val" else train, val, kb,
+                                 qa_rl=qa_rl)
             ems, answers = refrag_ems(out, tok, groups, kb, e)
             run = {"rl_seed": seed, "kept_step": s["rl_best_step"], "val_em": s["rl_best_val_em"],
                    "seconds": round(time.time() - t0), "test": summary(ems),

@@ -296,12 +296,19 @@ def rl_holdout(p, qa):
     return held
 
 
-def rl_pool(p, qa):
-    """RL's train questions (those of p["rl_question_types"], at most max_hops hops) and the
-    rl_holdout ids: when it holds any, RL's multi-hop questions are those alone."""
+def rl_pool(p, qa, qa_rl=()):
+    """RL's questions (those of p["rl_question_types"], at most max_hops hops) and the
+    rl_holdout ids. When the world has RL people (qa_rl: data/qa/rl.jsonl), every question
+    is theirs: KB-only people, so a rollout must read what test asks it to read. Otherwise
+    train questions, and when rl_holdout holds any ids, the multi-hop ones are those alone."""
+    ok = lambda q: q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]  # noqa: E731
     held = rl_holdout(p, qa)
-    return [q for q in qa if q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]
-            and (not held or q["type"] not in MULTI_HOP or q["id"] in held)], held
+    if qa_rl:
+        if held:
+            raise ValueError("refrag_finetune.holdout_frac must be 0 when the world has RL people "
+                             "(documents.world.rl_fraction > 0): RL's questions are then theirs alone")
+        return [q for q in qa_rl if ok(q)], held
+    return [q for q in qa if ok(q) and (not held or q["type"] not in MULTI_HOP or q["id"] in held)], held
 
 
 def drill_questions(world, seed, types, max_hops):
@@ -351,20 +358,22 @@ def finetune(stage, params, conversations, parent_dir, out_dir, tokenizer_path, 
     return summary
 
 
-def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, run=None, log=None, data=None):
-    """REFRAG's RL phase (rl.py) from the warm-up checkpoint in sft_dir, on the train questions
-    of p["rl_question_types"] (multi-hop ones: those rl_holdout kept from the warm-up, if any);
-    the val questions of those types choose the step that is kept."""
+def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, run=None, log=None, data=None,
+              qa_rl=()):
+    """REFRAG's RL phase (rl.py) from the warm-up checkpoint in sft_dir, on rl_pool's questions
+    (the RL people's when qa_rl holds any, else train ones); the val questions of
+    p["rl_question_types"] choose the step that is kept."""
     from nanochat_core import rl
     p = params["refrag_finetune"]
     device = resolve_device(p["device"])
     tok = Tokenizer.load(tokenizer_path)
     model, _ = load_model(sft_dir, tok, device)
     types = p["rl_question_types"]
-    train_qs, held = rl_pool(p, qa_train)
+    train_qs, held = rl_pool(p, qa_train, qa_rl)
     val_qs = [q for q in qa_val if q["type"] in types]
     if not train_qs or not val_qs:
-        raise ValueError(f"refrag_finetune.rl_question_types={types}: no train or no val questions of these types")
+        raise ValueError(f"refrag_finetune.rl_question_types={types}: no {'rl' if qa_rl else 'train'} "
+                         "or no val questions of these types")
     drills = None
     if p["rl_drill_frac"] > 0:  # questions about fresh people, over their own KB: held-out-like, unlike train people
         world = drill_world(p, kb, seed=f"rl:{p['rl_seed']}")
@@ -376,5 +385,6 @@ def refrag_rl(params, sft_dir, out_dir, tokenizer_path, qa_train, qa_val, kb, ru
     summary = rl.train_rl(model, tok, train_qs, val_qs, kb, p, out_dir, meta, log=log, device=device, drills=drills)
     summary.update({"rl_train_questions": len(train_qs), "rl_val_questions": len(val_qs),
                     "rl_drill_questions": len(drills[0]) if drills else 0,
-                    "rl_holdout_questions": len(held)})
+                    "rl_holdout_questions": len(held),
+                    "rl_question_pool": "rl" if qa_rl else "train"})
     return summary

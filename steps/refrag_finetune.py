@@ -13,15 +13,18 @@ _load, _run, _ = finetune_step(STAGE, stages.refrag_conversations)
 
 
 def load(params, paths):
-    return {**_load(params, paths), "qa_val": read_jsonl(paths["qa"] / "val.jsonl")}
+    rl = paths["qa"] / "rl.jsonl"  # RL people's questions; absent in data prepared before they existed
+    return {**_load(params, paths), "qa_val": read_jsonl(paths["qa"] / "val.jsonl"),
+            "qa_rl": read_jsonl(rl) if rl.exists() else []}
 
 
 def run(inputs, params, paths, log, ctx):
     sft = _run(inputs, params, {**paths, "out": paths["sft"]}, log, ctx)
+    data = {"qa_train": paths["qa"] / "train.jsonl", "qa_val": paths["qa"] / "val.jsonl", "kb": paths["kb"]}
+    if inputs["qa_rl"]:
+        data["qa_rl"] = paths["qa"] / "rl.jsonl"
     rl = stages.refrag_rl(params, paths["sft"], paths["out"], paths["tokenizer"] / "tokenizer.json", inputs["qa"],
-                          inputs["qa_val"], inputs["kb"], run=ctx, log=log,
-                          data={"qa_train": paths["qa"] / "train.jsonl", "qa_val": paths["qa"] / "val.jsonl",
-                                "kb": paths["kb"]})
+                          inputs["qa_val"], inputs["kb"], run=ctx, log=log, data=data, qa_rl=inputs["qa_rl"])
     return {"sft": sft, "rl": rl}
 
 

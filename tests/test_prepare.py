@@ -75,8 +75,10 @@ def test_same_seed_same_bytes_other_seed_differs(out, tmp_path):
 
 def test_outputs_and_summary(out):
     d, summary, docs, corpus, qa = out
-    assert output_files(d) == sorted(["documents.jsonl", "qa/train.jsonl", "qa/val.jsonl", "qa/test.jsonl"]
+    assert output_files(d) == sorted(["documents.jsonl", "qa/train.jsonl", "qa/val.jsonl", "qa/test.jsonl",
+                                      "qa/rl.jsonl"]
                                      + [f"corpus/shard_{i:05d}.jsonl" for i in range(summary["corpus"]["shards"])])
+    assert (d / "qa" / "rl.jsonl").read_text() == "" and summary["world"]["rl_people"] == 0  # no RL people by default
     assert summary["corpus"]["shards"] >= 2  # 20k chars per shard
     for name, digest in summary["sha256"].items():
         assert sha256_file(d / name) == digest
@@ -147,6 +149,28 @@ def test_test_people_are_in_the_kb_only(out):
     # The train entities are all in the corpus, with paraphrases.
     train_titles = [x["title"] for x in docs.values() if x["metadata"]["entity_split"] == "train"]
     assert all(t in corpus_text for t in train_titles)
+
+
+def test_rl_people_write_rl_questions_and_stay_out_of_the_corpus(tmp_path, out):
+    """world.rl_fraction > 0: qa/rl.jsonl holds the RL people's questions; those people are
+    named in the KB and in no corpus line or train question (a val/test chain may pass through
+    one, as through a train person); test people stay the same."""
+    _, summary, docs, *_ = out
+    p = copy.deepcopy(SMALL)
+    p["world"]["rl_fraction"] = 0.1
+    s = prepare(p, tmp_path)
+    d = {x["id"]: x for x in load_documents(tmp_path / "documents.jsonl")}
+    rl_people = [x["title"] for x in d.values() if x["metadata"]["entity_split"] == "rl"]
+    assert s["world"]["rl_people"] == len(rl_people) == round(0.1 * SMALL["world"]["n_people"]) > 0
+    assert s["world"]["test_people"] == summary["world"]["test_people"]
+    assert {x["title"] for x in d.values() if x["metadata"]["entity_split"] == "test"} == \
+        {x["title"] for x in docs.values() if x["metadata"]["entity_split"] == "test"}
+    rl = read_jsonl(tmp_path / "qa" / "rl.jsonl")
+    assert rl and s["qa"]["rl"]["count"] == len(rl) and all(r["entity_split"] == "rl" for r in rl)
+    corpus = "\n".join(r["text"] for f in sorted((tmp_path / "corpus").glob("shard_*.jsonl")) for r in read_jsonl(f))
+    train = (tmp_path / "qa" / "train.jsonl").read_text()
+    for name in rl_people:
+        assert name not in corpus and name not in train and name in d[next(i for i in d if d[i]["title"] == name)]["text"]
 
 
 def test_question_files(out):
@@ -233,6 +257,9 @@ def test_validate_params_fills_defaults():
     ({"sources": {"type": "jsonl"}}, "documents.sources: expected list, got dict"),
     ({"world": {"test_fraction": 1.5}}, "documents.world.test_fraction: must be strictly between 0 and 1, got 1.5"),
     ({"world": {"test_fraction": 0}}, "documents.world.test_fraction: must be strictly between 0 and 1"),
+    ({"world": {"rl_fraction": -0.1}}, "documents.world.rl_fraction: must be in [0, 1)"),
+    ({"world": {"test_fraction": 0.5, "rl_fraction": 0.5}},
+     "documents.world.rl_fraction: test_fraction + rl_fraction must be < 1"),
     ({"world": {"n_people": 1}}, "documents.world.n_people: must be between 2 and"),
     ({"questions": {"eval": {"2hop": -1}}}, "documents.questions.eval.2hop: must be >= 0, got -1"),
     ({"questions": {"counterfactual": -3}}, "documents.questions.counterfactual: must be >= 0, got -3"),

@@ -349,6 +349,20 @@ def test_holdout_questions_are_left_to_rl():
     assert len(stages.rl_pool(none, qa)[0]) == len([q for q in qa if len(q["hops"]) <= p["max_hops"]])
 
 
+def test_rl_people_questions_are_rls_only_pool():
+    """With RL people's questions (data/qa/rl.jsonl), RL draws every question from them (of
+    rl_question_types, at most max_hops hops) and none from train; holdout_frac must then be 0."""
+    _, qa = _small_world()
+    rl_qs = [{**q, "id": f"rl-{i}", "entity_split": "rl"} for i, q in enumerate(qa[:40])]
+    p = {**DEFAULTS["refrag_finetune"], "rl_question_types": ["2hop", "single"], "max_hops": 2}
+    pool, held = stages.rl_pool(p, qa, rl_qs)
+    want = [q["id"] for q in rl_qs if q["type"] in ("2hop", "single") and len(q["hops"]) <= 2]
+    assert [q["id"] for q in pool] == want and want and held == set()
+    assert {q["id"] for q in stages.rl_pool(p, qa)[0]} <= {q["id"] for q in qa}  # no rl file: train questions
+    with pytest.raises(ValueError, match="holdout_frac must be 0 when the world has RL people"):
+        stages.rl_pool({**p, "holdout_frac": 0.5}, qa, rl_qs)
+
+
 @pytest.mark.parametrize("stage", ["midtrain", "rag_finetune", "refrag_finetune"])
 def test_only_drill_documents_carry_a_loss_weight(stage):
     """drill_doc_loss weighs the drill world's documents (people named nowhere else) and never

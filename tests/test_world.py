@@ -121,6 +121,35 @@ def test_test_people_only_in_the_kb(world, kb, corpus, qa):
     assert {d["id"] for d in corpus} == {e for e in world.entities if e not in set(world.test_people())}
 
 
+def test_rl_people_are_held_out_for_rl_questions_alone():
+    """rl_fraction: RL people come from the train people (test people stay the same), are named
+    only in the KB like test people, and their questions go to qa["rl"] alone: every rl question
+    touches an RL person and no test person; train questions touch none."""
+    base, w = small_world(), build_world(3, n_people=90, n_cities=12, n_countries=3, n_companies=15, n_universities=5,
+                                         test_fraction=0.25, missing_fact_rate=0.2, n_counterfactual=12,
+                                         rl_fraction=0.2)
+    assert w.test_people() == base.test_people()
+    rl_people = [e.id for e in w.entities.values() if e.split == "rl"]
+    assert len(rl_people) == round(0.2 * 90) and not set(rl_people) & set(w.test_people())
+    corpus_text = "\n".join(d["text"] for d in w.corpus_documents(paraphrases=3)[0])
+    kb = {d["id"]: d["text"] for d in w.kb_documents()}
+    for p in rl_people:
+        assert w.name(p) not in corpus_text and w.name(p) in kb[p]
+    qa = make_questions(w, 3, TRAIN, EVAL, n_known=20, val_fraction=0.3)[0]
+    assert {r["type"] for r in qa["rl"]} == {"single", "2hop", "3hop", "unanswerable"}
+    names = {w.name(p): w.entities[p].split for p in w.ids("person")}
+    def splits(r):  # the splits of the people a question's chain names
+        return {names[x] for h in r["hops"] for x in (h["query"], h["answer"]) if x in names}
+    assert all("rl" in splits(r) and "test" not in splits(r) and r["entity_split"] == "rl" for r in qa["rl"])
+    assert all(splits(r) <= {"train"} for r in qa["train"])
+    assert all("test" in splits(r) for r in qa["val"])
+    assert len({r["id"] for r in all_questions(qa)}) == len(all_questions(qa))
+    # Without RL people nothing changes but an empty rl file.
+    assert make_questions(base, 3, TRAIN, EVAL, n_known=20, val_fraction=0.3)[0]["rl"] == []
+    with pytest.raises(ValueError, match="rl_fraction=0.8 .* at least one must stay a train person"):
+        build_world(3, n_people=90, test_fraction=0.25, rl_fraction=0.8)
+
+
 def test_every_type_present_and_splits_consistent(qa):
     for name in ("train", "val", "test"):
         assert qa[name]

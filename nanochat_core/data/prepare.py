@@ -7,7 +7,9 @@ prepare_documents(params, out_dir) writes, each file atomically:
                                      and the train entities' documents in their original
                                      (pre-edit) form, never a test person's fact; world
                                      lines also list the "people" they name
-  out_dir/qa/{train,val,test}.jsonl  question records (schema in questions.make_questions)
+  out_dir/qa/{train,val,test,rl}.jsonl  question records (schema in questions.make_questions);
+                                     rl.jsonl (RL people's questions) is empty unless
+                                     world.rl_fraction > 0
 and returns a summary dict for the caller to log. See world.py for the world's design.
 """
 import json
@@ -33,6 +35,7 @@ DEFAULTS = {
         "n_companies": 60,             # each founded by a person
         "n_universities": 16,
         "test_fraction": 0.2,          # share of people held out: their facts exist only in the KB
+        "rl_fraction": 0.0,            # share of people held out like them for REFRAG's RL only (qa/rl.jsonl)
         "missing_fact_rate": 0.15,     # chance a person lacks birth_year / studied_at / works_at (unanswerables)
         "max_mentions": 3,             # names listed per "people born in X include ..." sentence
         "paraphrases_per_entity": 3,   # corpus renderings per train entity (varied templates and order)
@@ -66,6 +69,7 @@ _LIMITS = {
     "world.n_companies": (lambda v: 1 <= v <= W.MAX_ENTITIES, f"between 1 and {W.MAX_ENTITIES}"),
     "world.n_universities": (lambda v: 1 <= v <= W.MAX_ENTITIES, f"between 1 and {W.MAX_ENTITIES}"),
     "world.test_fraction": (lambda v: 0 < v < 1, "strictly between 0 and 1"),
+    "world.rl_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "world.missing_fact_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "world.max_mentions": (lambda v: v >= 1, ">= 1"),
     "world.paraphrases_per_entity": (lambda v: v >= 1, ">= 1"),
@@ -117,6 +121,9 @@ def validate_params(params, prefix="documents"):
             if n < 0:
                 raise ValueError(f"{prefix}.questions.{part}.{qtype}: must be >= 0, got {n}")
     w = p["world"]
+    if w["test_fraction"] + w["rl_fraction"] >= 1:
+        raise ValueError(f"{prefix}.world.rl_fraction: test_fraction + rl_fraction must be < 1 so some people "
+                         f"are train people, got {w['test_fraction']} + {w['rl_fraction']}")
     if w["n_countries"] > w["n_cities"]:
         raise ValueError(f"{prefix}.world.n_countries: must be <= world.n_cities ({w['n_cities']}) so every "
                          f"country has a city, got {w['n_countries']}")
@@ -144,7 +151,8 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
     world = W.build_world(p["seed"], n_people=w["n_people"], n_cities=w["n_cities"], n_countries=w["n_countries"],
                           n_companies=w["n_companies"], n_universities=w["n_universities"],
                           test_fraction=w["test_fraction"], missing_fact_rate=w["missing_fact_rate"],
-                          n_counterfactual=q["counterfactual"], max_mentions=w["max_mentions"])
+                          n_counterfactual=q["counterfactual"], max_mentions=w["max_mentions"],
+                          rl_fraction=w["rl_fraction"])
 
     # Real text: python_docs first, then the user's sources in the order given.
     real_docs, source_stats = [], []
@@ -199,7 +207,7 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
                                          q["val_fraction"])
     if not q["world"]:  # only the QA sources' questions (the world still gives the corpus and drills)
         files = {name: [] for name in files}
-    for name in files:
+    for name in qa_files:
         files[name] += qa_files[name]
     if not any(files.values()):
         raise ValueError("documents.questions.world is false and no squad/hotpotqa source gives questions; "
@@ -228,7 +236,8 @@ def prepare_documents(params, documents_path, corpus_dir, qa_dir):
     return {
         "seed": p["seed"],
         "world": {"entities": _count([{"t": e.type} for e in world.entities.values()], "t"),
-                  "test_people": len(test_people), "counterfactual_edits": len(world.edits),
+                  "test_people": len(test_people),
+                  "rl_people": sum(e.split == "rl" for e in world.entities.values()), "counterfactual_edits": len(world.edits),
                   "missing_facts": sum(1 for e in world.entities.values() if e.type == "person"
                                        for r in W.OPTIONAL_RELATIONS if r not in world.facts[e.id])},
         "documents": {"count": len(kb_docs), "by_source": _count(kb_docs, "source")},

@@ -5,7 +5,7 @@ from every subject of its type; the chain's hops become the gold trajectory (que
 document, answer per hop). A chain that ends at a missing optional fact is an unanswerable
 question; chains through a counterfactual edit are left out of every set but the
 counterfactual one. Which split a question lands in follows from its entities: any test
-person in the chain makes it a held-out (val/test) question.
+person in the chain makes it a held-out (val/test) question, else any RL person an rl one.
 """
 import random
 
@@ -39,7 +39,8 @@ def _record(world, key, subject, hops, qtype, rng, answer=None):
     if answer is not None:
         hop_records[-1]["answer"] = answer
     touches = {e for e, _, _ in hops} | {o for _, _, o in hops if isinstance(o, str)}
-    split = "test" if any(world.entities[x].split == "test" for x in touches) else "train"
+    splits = {world.entities[x].split for x in touches}
+    split = "test" if "test" in splits else "rl" if "rl" in splits else "train"
     return {"id": None, "type": qtype, "question": rng.choice(QUESTION_TEMPLATES[key]).format(s=s_name),
             "answers": [hop_records[-1]["answer"]], "gold_doc_ids": [[h["doc_id"]] for h in hop_records],
             "hops": hop_records, "entity_split": split, "relation": key, "subject": s_name,
@@ -94,11 +95,14 @@ def question_pools(world, seed):
 
 
 def make_questions(world, seed, train_counts, eval_counts, n_known=0, val_fraction=0.25):
-    """Question files {"train": [...], "val": [...], "test": [...]} and a summary.
+    """Question files {"train": [...], "val": [...], "test": [...], "rl": [...]} and a summary.
 
     train_counts / eval_counts: {type: max count} for single, 2hop, 3hop, unanswerable.
-      train: questions about train entities only (no test person anywhere in the chain).
+      train: questions about train entities only (no held-out person anywhere in the chain).
       eval: questions touching a test person, split into val (val_fraction) and test.
+      rl: questions touching an RL person and no test person, up to train_counts (empty
+      unless the world has RL people), drawn by their own generator: with no RL people the
+      other files are exactly what they were before rl existed.
     test also gets every counterfactual question and `n_known` single-hop questions about
     train facts (entity_split "train", "known": true), held out of train, so evaluation can
     compare closed-book accuracy on facts seen in pretraining with unseen ones.
@@ -111,7 +115,8 @@ def make_questions(world, seed, train_counts, eval_counts, n_known=0, val_fracti
     known_ids = {id(r) for r in known}
     for r in known:
         r["known"] = True
-    files = {"train": [], "val": [], "test": []}
+    files = {"train": [], "val": [], "test": [], "rl": []}
+    rl_rng = random.Random(f"sample:{seed}:rl")
     for qtype in ("single", "2hop", "3hop", "unanswerable"):
         pool = [r for r in pools.get(("train", qtype), []) if id(r) not in known_ids]
         files["train"] += _balanced_sample(pool, train_counts.get(qtype, 0), rng)
@@ -123,7 +128,10 @@ def make_questions(world, seed, train_counts, eval_counts, n_known=0, val_fracti
         files["test"] += ev[n_val:]
         summary["requested"][f"eval.{qtype}"] = eval_counts.get(qtype, 0)
         summary["available"][f"eval.{qtype}"] = len(pools.get(("test", qtype), []))
+        files["rl"] += _balanced_sample(pools.get(("rl", qtype), []), train_counts.get(qtype, 0), rl_rng)
+        summary["available"][f"rl.{qtype}"] = len(pools.get(("rl", qtype), []))
     rng.shuffle(files["train"])
+    rl_rng.shuffle(files["rl"])
     files["test"] += pools[("train", "counterfactual")] + known
     summary["requested"]["known_single"] = n_known
     summary["available"]["known_single"] = len(pools.get(("train", "single"), []))

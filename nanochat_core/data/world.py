@@ -24,23 +24,21 @@ The world
   such mentions are capped at `max_mentions` names (a sample), to keep documents short.
 
 Train/test split (the choice this module makes)
-- The held-out entities are *people*: a `test_fraction` of them. A "test fact" is any fact
-  with a test person as subject or object (born in, works at, founded by, ...).
-- The KB (kb_documents) states every fact. The training corpus (corpus_records) renders
-  every entity except the test people, from the original facts minus the test facts: a
-  city's corpus document never lists a test person among its natives, and a company
-  founded by a test person appears in the corpus without its founder. So no test person's
-  name, and hence none of their facts, ever reaches pretraining; a closed-book answer
-  about them is a hallucination by construction.
-- Questions whose fact chain touches a test person are test questions (val/test files);
-  the others are train questions.
+- The held-out entities are *people*: a `test_fraction` of them. The KB (kb_documents) states
+  every fact; the corpus (corpus_documents) renders every other entity from the original facts
+  minus theirs (a city's corpus document never lists a test person among its natives; a company
+  a test person founded appears without its founder). So no test person's name or fact reaches
+  pretraining, and a closed-book answer about one is a hallucination by construction.
+- Questions whose fact chain touches a test person are test questions (val/test files).
+- RL people (`rl_fraction` of train people) are held out the same way; questions touching one and
+  no test person go to the rl file, RL's alone: a train person's facts can be recalled, so RL on
+  train questions rarely meets the reading mistakes it must fix on test. The rest are train.
 
 Counterfactual edits
-- `n_counterfactual` facts of train entities get a new valid value in the KB (the
-  subject's document and every other document that states the fact are rendered from the
-  edited facts). The corpus keeps the original. Questions on these facts answer with the
-  edited value and keep `original_answer`. Chains through an edited fact are excluded from
-  every other question set, so train questions never teach the edit.
+- `n_counterfactual` facts of train entities get a new valid value in the KB (every document
+  stating the fact is rendered from the edited facts); the corpus keeps the original. Their
+  questions answer with the edited value and keep `original_answer`. Chains through an edited
+  fact are in no other question set, so train questions never teach the edit.
 
 Everything is deterministic from the seed: each random choice comes from a
 random.Random seeded with a string (seeding with a str is stable across processes).
@@ -96,7 +94,7 @@ class Entity:
     id: str
     type: str
     name: str
-    split: str = "train"  # "test" only for held-out people
+    split: str = "train"  # people only: "test" (val/test questions) or "rl" (RL's questions) when held out
 
 
 class _Names:
@@ -252,10 +250,10 @@ class World:
         return any(eid in (x["original"], x["edited"]) for x in self.edits if isinstance(x["original"], str))
 
     def corpus_documents(self, paraphrases=1):
-        """Training-text renderings: every entity but the test people, original (pre-edit)
-        facts, test facts left out; `paraphrases` renderings each (duplicates removed).
+        """Training-text renderings: every entity but the held-out (test and RL) people, original
+        (pre-edit) facts, their facts left out; `paraphrases` renderings each (duplicates removed).
         Returns (docs, n_duplicates_removed)."""
-        exclude = frozenset(self.test_people())
+        exclude = frozenset(e.id for e in self.entities.values() if e.split != "train")  # test and RL people
         inverse = self._inverse(self.facts, exclude)
         docs, dups = [], 0
         for eid in self.entities:
@@ -274,7 +272,7 @@ class World:
 
 def build_world(seed, n_people=400, n_cities=40, n_countries=8, n_companies=60, n_universities=16,
                 test_fraction=0.2, missing_fact_rate=0.15, n_counterfactual=0, max_mentions=3,
-                birth_years=(1940, 2005), reserved_names=()):
+                birth_years=(1940, 2005), reserved_names=(), rl_fraction=0.0):
     """Builds the world deterministically from `seed`. See the module docstring."""
     counts = {"n_people": n_people, "n_cities": n_cities, "n_countries": n_countries,
               "n_companies": n_companies, "n_universities": n_universities}
@@ -301,6 +299,12 @@ def build_world(seed, n_people=400, n_cities=40, n_countries=8, n_companies=60, 
     n_test = min(n_people - 1, max(1, round(test_fraction * n_people)))
     for pid in rng.sample(people, n_test):
         entities[pid].split = "test"
+    n_rl, train_people = round(rl_fraction * n_people), [p for p in people if entities[p].split == "train"]
+    if n_rl >= len(train_people):
+        raise ValueError(f"rl_fraction={rl_fraction} holds out {n_rl} RL people of the {len(train_people)} "
+                         "who are not test people; at least one must stay a train person")
+    for pid in random.Random(f"world:{seed}:rl").sample(train_people, n_rl):  # own generator: the rest stays the same
+        entities[pid].split = "rl"
 
     facts = {eid: {} for eid in entities}
     for i, c in enumerate(cities):
@@ -377,15 +381,11 @@ def fresh_people_world(seed, real_names, n_people):
 def fresh_people_corpus(world, n_people, seed):
     """Pretraining records about up to n_people people who exist nowhere else, each a document
     naming them in every sentence (two or more), over `world`'s places, companies, universities.
-
-    Why: every real person's name recurs across the corpus, so the LM can predict a name from
-    memory and never needs to copy one from its context. Held-out people are exactly the
-    names it has never seen, and reading a held-out founder's name from a document means
-    copying it. Here each name occurs in one document only, so predicting its later mentions
-    is copying, and that is what these records train. Only person documents, without "X
-    founded C" (the new people's facts about real companies would contradict real founders)
-    and without birth years (thousands of random years taught a year prior: held-out
-    birth-year RAG EM fell from 0.97 to 0.06-0.16 with them)."""
+    Why: a real person's name recurs across the corpus, so the LM predicts it from memory and
+    never learns to copy one, yet reading a held-out founder's name means copying it. Here each
+    name occurs in one document, so predicting its later mentions is copying. Person documents
+    only, without "X founded C" (it would contradict real founders) and birth years (thousands of
+    random years taught a year prior: held-out birth-year RAG EM fell from 0.97 to 0.06-0.16)."""
     real = {}
     for e in world.entities.values():
         real.setdefault(e.type, []).append(e.name)
