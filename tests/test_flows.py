@@ -299,6 +299,7 @@ def micro_params(dst):
     tiny_params(dst)
     p = yaml.safe_load(Path(dst).read_text())
     p["documents"]["real_text"]["max_chars"] = 60000  # enough real text for the tokenizer
+    p["documents"]["world"]["rl_fraction"] = 0.15  # RL people: RL's questions come from data/qa/rl.jsonl
     p["tokenizer"]["vocab_size"] = p["model"]["vocab_size"] = 512
     p["model"].update(n_layer=2, n_embd=32, n_head=2, n_kv_head=2, block_pattern="TM", headdim=16, sequence_len=64)
     for s in ("pretrain", "midtrain", "rag_finetune", "refrag_finetune"):
@@ -379,7 +380,10 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     rl_runs.main(["--root", str(tmp_path), "--out", str(tmp_path / "rl_runs.json")])
     rr = json.loads((tmp_path / "rl_runs.json").read_text())
     run = rr["runs"][0]
-    assert run["kept_step"] == json.loads((tmp_path / "reports" / "refrag_finetune.json").read_text())["rl_best_step"]
+    stage_summary = json.loads((tmp_path / "reports" / "refrag_finetune.json").read_text())
+    assert run["kept_step"] == stage_summary["rl_best_step"]
+    rl_qs = (tmp_path / "data" / "qa" / "rl.jsonl").read_text().splitlines()
+    assert stage_summary["rl_question_pool"] == "rl" and 0 < stage_summary["rl_train_questions"] <= len(rl_qs)
     with open(tmp_path / "reports" / "plots" / "refrag_rl.csv") as f:
         logged = [float(row["reward"]) for row in csv.DictReader(f) if row["reward"]]
     assert len(logged) == 2 and [h["reward"] for h in run["history"] if "reward" in h] == pytest.approx(logged, abs=1e-6)
