@@ -301,7 +301,8 @@ def rl_pool(p, qa, qa_rl=()):
     rl_holdout ids. When the world has RL people (qa_rl: data/qa/rl.jsonl), every question
     is theirs: KB-only people, so a rollout must read what test asks it to read. Otherwise
     train questions, and when rl_holdout holds any ids, the multi-hop ones are those alone."""
-    ok = lambda q: q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]  # noqa: E731
+    def ok(q):
+        return q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]
     held = rl_holdout(p, qa)
     if qa_rl:
         if held:

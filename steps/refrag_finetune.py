@@ -13,7 +13,7 @@ _load, _run, _ = finetune_step(STAGE, stages.refrag_conversations)
 
 
 def load(params, paths):
-    rl = paths["qa"] / "rl.jsonl"  # RL people's questions; absent in data prepared before they existed
+    rl = paths["qa"] / "rl.jsonl"  # RL people's questions; absent where older code prepared data/qa
     return {**_load(params, paths), "qa_val": read_jsonl(paths["qa"] / "val.jsonl"),
             "qa_rl": read_jsonl(rl) if rl.exists() else []}
 

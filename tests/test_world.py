@@ -144,7 +144,7 @@ def test_rl_people_are_held_out_for_rl_questions_alone():
     assert all(splits(r) <= {"train"} for r in qa["train"])
     assert all("test" in splits(r) for r in qa["val"])
     assert len({r["id"] for r in all_questions(qa)}) == len(all_questions(qa))
-    # Without RL people nothing changes but an empty rl file.
+    # Without RL people the rl file is empty.
     assert make_questions(base, 3, TRAIN, EVAL, n_known=20, val_fraction=0.3)[0]["rl"] == []
     with pytest.raises(ValueError, match="rl_fraction=0.8 .* at least one must stay a train person"):
         build_world(3, n_people=90, test_fraction=0.25, rl_fraction=0.8)
