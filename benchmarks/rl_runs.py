@@ -118,8 +118,7 @@ def main(argv=None):
     tok = Tokenizer.load(tok_path)
     kb = KnowledgeBase.load(paths["kb"])
     train, val = read_jsonl(paths["qa"] / "train.jsonl"), read_jsonl(paths["qa"] / "val.jsonl")
-    rl_path = paths["qa"] / "rl.jsonl"  # RL people's questions (documents.world.rl_fraction), as the pipeline reads them
-    qa_rl = read_jsonl(rl_path) if rl_path.exists() and a.train_on == "train" else []
+    qa_rl = stages.rl_questions(params["refrag_finetune"], paths["qa"]) if a.train_on == "train" else []
     e = params["evaluate"]
     groups = {t: qs for t, qs in question_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
     if a.train_on == "val":

@@ -296,19 +296,28 @@ def rl_holdout(p, qa):
     return held
 
 
+def rl_questions(p, qa_dir):
+    """The RL people's questions (qa_dir/rl.jsonl; none where older code prepared it), read
+    before the warm-up trains, so a conflicting holdout_frac fails at once."""
+    path = Path(qa_dir) / "rl.jsonl"
+    return _no_holdout(p, read_jsonl(path) if path.exists() else [])
+
+
+def _no_holdout(p, qa_rl):  # RL people's questions are then all of RL's: nothing to hold out for it
+    if qa_rl and p["holdout_frac"] > 0:
+        raise ValueError("refrag_finetune.holdout_frac must be 0 when the world has RL people (documents.world.rl_fraction > 0)")
+    return qa_rl
+
+
 def rl_pool(p, qa, qa_rl=()):
-    """RL's questions (those of p["rl_question_types"], at most max_hops hops) and the
-    rl_holdout ids. When the world has RL people (qa_rl: data/qa/rl.jsonl), every question
-    is theirs: KB-only people, so a rollout must read what test asks it to read. Otherwise
-    train questions, and when rl_holdout holds any ids, the multi-hop ones are those alone."""
+    """RL's questions (those of p["rl_question_types"], at most max_hops hops) and the rl_holdout
+    ids. With RL people (qa_rl: rl_questions) all are theirs, KB-only people, so a rollout must
+    read as test does; otherwise train ones, the multi-hop ones rl_holdout's alone if it has any."""
     def ok(q):
         return q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]
+    if _no_holdout(p, qa_rl):
+        return [q for q in qa_rl if ok(q)], set()
     held = rl_holdout(p, qa)
-    if qa_rl:
-        if held:
-            raise ValueError("refrag_finetune.holdout_frac must be 0 when the world has RL people "
-                             "(documents.world.rl_fraction > 0): RL's questions are then theirs alone")
-        return [q for q in qa_rl if ok(q)], held
     return [q for q in qa if ok(q) and (not held or q["type"] not in MULTI_HOP or q["id"] in held)], held
 
 

@@ -13,9 +13,8 @@ _load, _run, _ = finetune_step(STAGE, stages.refrag_conversations)
 
 
 def load(params, paths):
-    rl = paths["qa"] / "rl.jsonl"  # RL people's questions; absent where older code prepared data/qa
     return {**_load(params, paths), "qa_val": read_jsonl(paths["qa"] / "val.jsonl"),
-            "qa_rl": read_jsonl(rl) if rl.exists() else []}
+            "qa_rl": stages.rl_questions(params[STAGE], paths["qa"])}
 
 
 def run(inputs, params, paths, log, ctx):
