@@ -38,6 +38,10 @@ def reward(q, r, w):
       citation     +w["citation"] when the answer is right and every [n] names a document of
                    the last block, one of which contains the answer
       unsupported  -w["unsupported"] when the answer (not an abstention) is in no shown document
+      wrong        -w["wrong"] when the answer is wrong and not an abstention: under the copy guard
+                   every answer is a shown span, so `unsupported` never fires, and without this a
+                   guess never scores below abstaining; with it, abstaining pays whenever the
+                   chance of being right is below w / (1 + w)
       format       -w["format"] for no answer, an unclosed answer (out of tokens), or an empty
                    or repeated search query (hop 1's query is the question itself)
       retrieval    +w["retrieval"] when the blocks held every gold document of the question
@@ -52,13 +56,14 @@ def reward(q, r, w):
                       and supported(pred, cited)))
     shown = [d for block in r["documents"] for d in block]
     unsupported = float(bool(pred) and not abstained and not supported(pred, shown))
+    wrong = float(bool(pred) and not abstained and not em)
     queries = [normalize_answer(x) for x in r["queries"]]
     bad_query = any(not x for x in queries[1:]) or len(set(queries)) < len(queries)
     fmt = float(not pred or not r["finished"] or bad_query)
     found = float(chain_shown(q, r["documents"]))
-    total = (w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["format"] * fmt
-             + w["retrieval"] * found)
-    return {"reward": total, "em": em, "citation": cite, "unsupported": unsupported, "format": fmt,
+    total = (w["em"] * em + w["citation"] * cite - w["unsupported"] * unsupported - w["wrong"] * wrong
+             - w["format"] * fmt + w["retrieval"] * found)
+    return {"reward": total, "em": em, "citation": cite, "unsupported": unsupported, "wrong": wrong, "format": fmt,
             "retrieval": found, "bad_query": float(bad_query)}
 
 
@@ -182,7 +187,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     questions is drawn (the rest from train_qs over kb)."""
     log = log or (lambda metrics, step: None)
     w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
-         "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
+         "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
     scale = p["rl_lr_frac"]
     opts = model.setup_optimizers(p["matrix_lr"] * scale, p["embedding_lr"] * scale, p["unembedding_lr"] * scale,
@@ -255,7 +260,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
                "reward": float(R.mean()), "entropy": sum(gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
-                  for k in ("em", "citation", "unsupported", "format", "retrieval", "bad_query")},
+                  for k in ("em", "citation", "unsupported", "wrong", "format", "retrieval", "bad_query")},
                "searches_per_rollout": sum(s for s, _ in rows_info) / len(rows_info),
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
                "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}

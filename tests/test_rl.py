@@ -7,7 +7,7 @@ from nanochat_core.data.world import ABSTAIN
 from nanochat_core.model import GPT, GPTConfig
 from nanochat_core.rl import group_advantages, policy_loss, reward
 
-W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "format": 0.5, "retrieval": 0.0}
+W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "wrong": 0.0, "format": 0.5, "retrieval": 0.0}
 Q = {"type": "2hop", "question": "In which country was Ada Lovi born?", "answers": ["Kikoland"]}
 UNANS = {"type": "unanswerable", "question": "When was Ada Lovi born?", "answers": [ABSTAIN]}
 HOP1 = [{"id": "p1", "title": "Ada Lovi", "text": "Ada Lovi was born in Kiko."}]
@@ -42,6 +42,21 @@ def _r(pred, cites=(), queries=("Kiko",), docs=(HOP1, HOP2), finished=True, q=Q)
 ])
 def test_reward_table(name, q, r, want):
     assert reward(q, r, W)["reward"] == pytest.approx(want), name
+
+
+@pytest.mark.parametrize("name, q, r, want", [
+    ("right", Q, _r("Kikoland", [1]), 1.2),
+    ("wrong but shown", Q, _r("Bororia", [2]), -0.25),
+    ("made up: wrong and unsupported", Q, _r("Zuzuland", [1]), -0.55),
+    ("abstains on an answerable question", Q, _r(ABSTAIN), 0.0),
+    ("answers an unanswerable one", UNANS, _r("Kiko", [1], q=UNANS, queries=()), -0.25),
+    ("abstains on an unanswerable one", UNANS, _r(ABSTAIN, q=UNANS, queries=()), 1.0),
+    ("no answer: a format fault, not a wrong answer", Q, _r(""), -0.5),
+])
+def test_wrong_answer_penalty_puts_guessing_below_abstaining(name, q, r, want):
+    """rl_penalty_wrong: a wrong answer (not an abstention) scores -w, so abstaining (0) beats a
+    guess whose chance of being right is below w / (1 + w)."""
+    assert reward(q, r, {**W, "wrong": 0.25})["reward"] == pytest.approx(want), name
 
 
 def test_group_advantages_sum_to_zero_per_group_and_are_not_std_scaled():
@@ -166,7 +181,7 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
     p = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
          "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
          "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
-         "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
+         "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
          "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False}
     out = rl.train_rl(_model(), Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
     assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
