@@ -13,7 +13,10 @@ decode under the engine's copy guard, as evaluate does, and the loss scores each
 the same masked softmax the guard sampled it from.
 
 Every eval_every steps the greedy REFRAG EM on the *val* questions is measured, and the best
-step by it is the checkpoint this phase keeps: the test split never selects anything.
+step by it is the checkpoint this phase keeps: the test split never selects anything. With
+rl_ema > 0, val judges (and the phase keeps) an exponential moving average of the weights
+instead of the live ones, while rollouts still sample from the live policy: single REINFORCE
+steps on 8 questions move greedy answers back and forth, and the average keeps their trend.
 """
 import random
 import time
@@ -210,6 +213,8 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
             dist.barrier()
     if rank == 0:
         clear_checkpoints(out_dir)  # RL does not resume: a rerun starts again from the warm-up
+    decay = p["rl_ema"]
+    ema = {k: t.detach().clone() for k, t in model.state_dict().items()} if decay else None
     v = val_em(model, tokenizer, val_qs, kb, rp, copy=p["rl_copy_guard"])
     best = (v["all"], 0)
     save(0, best[0])
@@ -255,6 +260,11 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         for o in opts:
             o.step()
         model.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for k, t in model.state_dict().items():
+                    if t.is_floating_point():
+                        ema[k].lerp_(t, 1.0 - decay)
         parts, rows_info = gather(parts), gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
         rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
@@ -265,11 +275,16 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
                "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}
         if step % p["rl_eval_every"] == 0 or step == total:
+            live = {k: t.clone() for k, t in model.state_dict().items()} if ema is not None else None
+            if live is not None:
+                model.load_state_dict(ema)  # val judges, and save keeps, the average
             v = val_em(model, tokenizer, val_qs, kb, rp, copy=p["rl_copy_guard"])
             rec.update({("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()})
             if rec["val_em"] > best[0]:
                 best = (rec["val_em"], step)
                 save(step, rec["val_em"])
+            if live is not None:
+                model.load_state_dict(live)
         history.append(rec)
         if rank == 0:
                 log({f"rl_{k}": v for k, v in rec.items() if k != "step"}, step)

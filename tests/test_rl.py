@@ -182,7 +182,7 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
          "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
          "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
          "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
-         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False}
+         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False, "rl_ema": 0.0}
     out = rl.train_rl(_model(), Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
     assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
     for kb, ids in calls:
@@ -281,3 +281,51 @@ def test_rollouts_under_the_copy_guard_are_scored_under_the_guarded_policy():
         assert not torch.all(free.gather(1, chosen[:, None])[:, 0] >= free.max(dim=-1).values - 1e-4)
         logp, chosen, _ = policy_logprobs(model, sampled, tok.get_bos_token_id(), 1.0, banned)
         assert torch.isfinite(logp.gather(1, chosen[:, None])).all()
+
+
+def test_rl_ema_judges_and_keeps_the_average_while_rollouts_sample_the_live_weights(monkeypatch, tmp_path):
+    """rl_ema 0.5, val every step: the weights val judges at step 1 are 0.5 x warm-up + 0.5 x the
+    live step-1 weights (which step 2's rollouts sample from), and the step val picks is the one kept."""
+    from nanochat_core import rl
+    seen = {"rollouts": [], "val": []}
+    flip = iter(range(10_000))
+
+    def rollouts(model, tok, qs, kb, *a, **k):
+        seen["rollouts"].append({n: t.clone() for n, t in model.state_dict().items()})
+        return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
+                 "documents": [[]], "citations": [], "prediction": "Kikoland" if next(flip) % 2 else "x", "raw": "x"}
+                for q in qs]
+
+    def val(model, *a, **k):
+        seen["val"].append({n: t.clone() for n, t in model.state_dict().items()})
+        return {"all": [0.0, 1.0, 0.5][len(seen["val"]) - 1]}
+
+    class Tok:
+        def get_bos_token_id(self):
+            return 0
+
+        def encode(self, s):
+            return [1]
+
+        def encode_special(self, s):
+            return 5
+    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
+    monkeypatch.setattr(rl, "val_em", val)
+    qs = [{**Q, "id": f"r{i}"} for i in range(3)]
+    p = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
+         "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
+         "rl_questions_per_step": 2, "rl_temperature": 1.0, "rl_lr_frac": 1.0, "rl_eval_every": 1,
+         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
+         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
+         "rl_ema": 0.5}
+    model = _model()
+    out = rl.train_rl(model, Tok(), qs, qs, "KB", p, tmp_path / "rl", {})
+    warm, live1 = seen["rollouts"][0], seen["rollouts"][1]
+    name = "lm_head.weight" if "lm_head.weight" in warm else next(n for n, t in warm.items() if t.is_floating_point())
+    assert not torch.equal(live1[name], warm[name])  # step 1 moved the live weights
+    for n, t in warm.items():
+        if t.is_floating_point():
+            assert torch.allclose(seen["val"][1][n], 0.5 * t + 0.5 * live1[n], atol=1e-6), n
+    assert out["rl_best_step"] == 1
+    for n, t in model.state_dict().items():  # the model ends on the kept (averaged) step-1 weights
+        assert torch.equal(t, seen["val"][1][n]), n
