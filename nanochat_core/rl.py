@@ -16,7 +16,7 @@ Every eval_every steps the greedy REFRAG EM on the *val* questions is measured, 
 step by it is the checkpoint this phase keeps: the test split never selects anything. With
 rl_ema > 0, val judges (and the phase keeps) an exponential moving average of the weights
 instead of the live ones, while rollouts still sample from the live policy: single REINFORCE
-steps on 8 questions move greedy answers back and forth, and the average keeps their trend.
+steps on a few questions move greedy answers back and forth, and the average smooths that out.
 """
 import random
 import time
