@@ -275,15 +275,15 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                "flat_groups": float((R.max(1).values == R.min(1).values).float().mean()),
                "answer_tokens": sum(t for _, t in rows_info) / len(rows_info)}
         if step % p["rl_eval_every"] == 0 or step == total:
-            live = {k: t.clone() for k, t in model.state_dict().items()} if ema is not None else None
-            if live is not None:
+            if ema is not None:
+                live = {k: t.clone() for k, t in model.state_dict().items()}
                 model.load_state_dict(ema)  # val judges, and save keeps, the average
             v = val_em(model, tokenizer, val_qs, kb, rp, copy=p["rl_copy_guard"])
             rec.update({("val_em" if t == "all" else f"val_em_{t}"): x for t, x in v.items()})
             if rec["val_em"] > best[0]:
                 best = (rec["val_em"], step)
                 save(step, rec["val_em"])
-            if live is not None:
+            if ema is not None:
                 model.load_state_dict(live)
         history.append(rec)
         if rank == 0:

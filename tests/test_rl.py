@@ -15,6 +15,26 @@ HOP2 = [{"id": "c1", "title": "Kiko", "text": "Kiko is a city in Kikoland."},
         {"id": "c2", "title": "Miles", "text": "Miles is a city in Bororia."}]
 
 
+# train_rl's section for the tests that run it with stubbed rollouts and val
+RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
+        "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
+        "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
+        "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
+        "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
+        "rl_ema": 0.0}
+
+
+class _Tok:  # what train_rl asks of a tokenizer
+    def get_bos_token_id(self):
+        return 0
+
+    def encode(self, s):
+        return [1]
+
+    def encode_special(self, s):
+        return 5
+
+
 def _r(pred, cites=(), queries=("Kiko",), docs=(HOP1, HOP2), finished=True, q=Q):
     return {"prediction": pred, "citations": list(cites), "documents": list(docs),
             "queries": [q["question"], *queries], "finished": finished}
@@ -165,25 +185,12 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
                  "documents": [[]], "citations": [], "prediction": q["answers"][0] if q["id"].endswith("0") else "x",
                  "raw": "x"} for q in qs]
 
-    class Tok:
-        def get_bos_token_id(self):
-            return 0
-
-        def encode(self, s):
-            return [1]
-
-        def encode_special(self, s):
-            return 5
     monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
     monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
     real = [{**Q, "id": f"r{i}"} for i in range(5)]
     drill = [{**Q, "id": f"d{i}"} for i in range(5)]
-    p = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
-         "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
-         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
-         "rl_max_new_tokens": 4, "rl_drill_frac": 0.5, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
-         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False, "rl_ema": 0.0}
-    out = rl.train_rl(_model(), Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
+    p = {**RL_P, "rl_drill_frac": 0.5}
+    out = rl.train_rl(_model(), _Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
     assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
     for kb, ids in calls:
         assert len(ids) == 4 and ids[0::2] == ids[1::2]  # two whole groups of 2
@@ -300,26 +307,12 @@ def test_rl_ema_judges_and_keeps_the_average_while_rollouts_sample_the_live_weig
         seen["val"].append({n: t.clone() for n, t in model.state_dict().items()})
         return {"all": [0.0, 1.0, 0.5][len(seen["val"]) - 1]}
 
-    class Tok:
-        def get_bos_token_id(self):
-            return 0
-
-        def encode(self, s):
-            return [1]
-
-        def encode_special(self, s):
-            return 5
     monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
     monkeypatch.setattr(rl, "val_em", val)
     qs = [{**Q, "id": f"r{i}"} for i in range(3)]
-    p = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar_lr": 0.004, "k": 3,
-         "retriever": "bm25", "max_hops": 2, "log_every": 10, "rl_steps": 2, "rl_seed": 0, "rl_group_size": 2,
-         "rl_questions_per_step": 2, "rl_temperature": 1.0, "rl_lr_frac": 1.0, "rl_eval_every": 1,
-         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
-         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
-         "rl_ema": 0.5}
+    p = {**RL_P, "rl_questions_per_step": 2, "rl_lr_frac": 1.0, "rl_eval_every": 1, "rl_ema": 0.5}
     model = _model()
-    out = rl.train_rl(model, Tok(), qs, qs, "KB", p, tmp_path / "rl", {})
+    out = rl.train_rl(model, _Tok(), qs, qs, "KB", p, tmp_path / "rl", {})
     warm, live1 = seen["rollouts"][0], seen["rollouts"][1]
     name = "lm_head.weight" if "lm_head.weight" in warm else next(n for n, t in warm.items() if t.is_floating_point())
     assert not torch.equal(live1[name], warm[name])  # step 1 moved the live weights
