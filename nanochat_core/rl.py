@@ -134,6 +134,33 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0,
     return loss, entropy
 
 
+def policy_backward(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=(), rows_per_pass=8):
+    """policy_loss(...).backward() over all `rows`, in passes of at most rows_per_pass rows
+    (None: one pass) sorted by length, so each pass pads to its own longest row. Rows whose
+    advantage is 0 (a flat group: every rollout got the same reward) add nothing to the gradient,
+    so they run without one, for the entropy alone. The gradient is policy_loss's over all rows,
+    up to float rounding. Returns (the loss, the mean entropy at every sampled token).
+    Why: 64 rollouts padded to the longest in one pass made the backward twice the rollouts' time;
+    `python -m benchmarks.rl_step` (world 2027's 300-step warm-up, rows of 335 tokens on average
+    and up to 520) measured this 3.9x faster, and the whole RL step 2.1x."""
+    adv = advantages.float()
+    count = [sum(r["masks"]) for r in rows]
+    n = max(sum(count) if n_tokens is None else n_tokens, 1)
+    order = sorted(range(len(rows)), key=lambda i: (bool(adv[i] != 0), len(rows[i]["prompt"]) + len(rows[i]["tokens"])))
+    step = rows_per_pass or len(rows)
+    loss, ent = 0.0, 0.0
+    for i in range(0, len(order), step):
+        idx = order[i:i + step]
+        part = [rows[j] for j in idx]
+        with torch.set_grad_enabled(bool(adv[idx].any())):
+            part_loss, e = policy_loss(model, part, adv[idx], pad_id, n, temperature, banned_ids)
+            if part_loss.requires_grad:
+                part_loss.backward()
+        loss += part_loss.item()
+        ent += e * sum(count[j] for j in idx)
+    return loss, ent / max(sum(count), 1)
+
+
 def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32, copy=False):
     """Greedy EM in `mode` (REFRAG for RL) on `questions` (the val split), overall (RL's checkpoint
     selector) and per question type: {"all": em, "2hop": em, ...}. copy: the engine's copy guard."""
@@ -249,13 +276,11 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         n_tokens = None
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
             n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))])))
-        loss, entropy = policy_loss(model, rows, adv, pad, n_tokens, p["rl_temperature"], banned) if rows else (None, 0.0)
-        if loss is not None:
-            loss.backward()
-        if world > 1:
-            for prm in model.parameters():
-                if prm.grad is None:
-                    prm.grad = torch.zeros_like(prm)
+        loss, entropy = policy_backward(model, rows, adv, pad, n_tokens, p["rl_temperature"], banned) if rows else (0.0, 0.0)
+        for prm in model.parameters():  # no gradient (every group flat) steps as a zero one: Adam's moments still move
+            if prm.grad is None:
+                prm.grad = torch.zeros_like(prm)
+            if world > 1:
                 dist.all_reduce(prm.grad)
         for o in opts:
             o.step()
@@ -267,7 +292,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                         ema[k].lerp_(t, 1.0 - decay)
         parts, rows_info = gather(parts), gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
-        rec = {"step": step, "loss": _all_sum(torch.tensor([loss.item() if loss is not None else 0.0])).item(),
+        rec = {"step": step, "loss": _all_sum(torch.tensor([loss])).item(),
                "reward": float(R.mean()), "entropy": sum(gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
                   for k in ("em", "citation", "unsupported", "wrong", "format", "retrieval", "bad_query")},

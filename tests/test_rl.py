@@ -116,6 +116,36 @@ def test_forced_and_prompt_tokens_get_exactly_zero_gradient():
     assert [t for t in range(g.shape[1]) if g[1, t] > 0] == [2]
 
 
+def test_policy_backward_in_sorted_passes_equals_one_pass():
+    """RL's backward runs length-sorted passes of a few rows and no gradient for rows whose
+    advantage is 0; the gradient, the loss and the entropy must be those of policy_loss over
+    every row at once, banned search markers and copy-guard masks included."""
+    from nanochat_core.rl import policy_backward
+    model = _model()
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(11):
+        P, T = 2 + i % 4, 3 + (7 * i) % 9
+        toks = torch.randint(6, 40, (P + T,), generator=g).tolist()
+        masks = [int(j % 3 != 1) for j in range(T)]
+        row = {"prompt": toks[:P], "tokens": toks[P:], "masks": masks, "limit_from": T - 2}
+        if i % 2:  # the copy guard allowed a few ids, the sampled one among them
+            row["allowed"] = {0: [toks[P], 7, 8]}
+        rows.append(row)
+    adv = torch.tensor([0.5, 0.0, -0.25, 0.0, 0.0, 1.0, -0.75, 0.0, 0.25, -0.5, 0.0])
+    ref_loss, ref_ent = policy_loss(model, rows, adv, pad_id=0, temperature=0.7, banned_ids=[5])
+    ref_loss.backward()
+    ref = [q.grad.clone() for q in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss, ent = policy_backward(model, rows, adv, pad_id=0, temperature=0.7, banned_ids=[5], rows_per_pass=3)
+    assert loss == pytest.approx(ref_loss.item(), abs=1e-6) and ent == pytest.approx(ref_ent, rel=1e-5)
+    for a, b in zip(ref, model.parameters()):
+        assert torch.allclose(a, b.grad, atol=1e-6, rtol=1e-4)
+    model.zero_grad(set_to_none=True)
+    policy_backward(model, rows, torch.zeros(11), pad_id=0)  # every group flat: nothing to learn
+    assert all(q.grad is None for q in model.parameters())
+
+
 def test_rl_raises_the_probability_of_the_rewarded_continuation():
     """Toy bandit: after the prompt, continuations A or B; reward 1 for A. A few REINFORCE
     steps on sampled groups raise p(A)."""

@@ -1,0 +1,92 @@
+"""What one RL step costs, and where: rollouts, then the policy-gradient backward in one padded
+pass against rl.policy_backward's length-sorted passes (the pipeline's), with their gradients compared.
+
+    python -m benchmarks.rl_step [--root CLONE] [--steps 3] [--out PATH]
+
+After `dvc repro refrag_finetune`, draws --steps steps of refrag_finetune's RL questions from the
+clone's warm-up as train_rl does (rl_questions_per_step x rl_group_size rollouts at rl_temperature,
+the copy guard as rl_copy_guard says), scores them with RL's reward, and times each backward way on
+the same rollouts. Writes a JSON report (default benchmarks/results/rl_step.json): seconds per step
+of each, their ratio measured in this run, and the largest gradient difference between them.
+"""
+import argparse
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import report_path
+from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose dvc.yaml, params and data to use")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=report_path("rl_step"))
+    a = ap.parse_args(argv)
+    if a.steps < 1:
+        ap.error("--steps must be >= 1")
+    offline_env()
+    from nanochat_core import dvcfile, rl, stages
+    from nanochat_core.checkpoint import load_model
+    from nanochat_core.common import read_jsonl
+    from nanochat_core.engine import LIMIT_MASKED
+    from nanochat_core.inference import refrag_rollouts
+    from nanochat_core.params import load_params
+    from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.tokenizer import Tokenizer
+
+    root = a.root.resolve()
+    paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
+    if not paths["sft"].exists():
+        raise SystemExit(f"{paths['sft']} does not exist; run `dvc repro refrag_finetune` in {root} first")
+    p = load_params(root / "params.yaml")["refrag_finetune"]
+    tok = Tokenizer.load(paths["tokenizer"] / "tokenizer.json")
+    kb = KnowledgeBase.load(paths["kb"])
+    qs, _ = stages.rl_pool(p, read_jsonl(paths["qa"] / "train.jsonl"), stages.rl_questions(p, paths["qa"]))
+    model, _ = load_model(paths["sft"], tok, "cpu")
+    w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
+         "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
+    banned = [tok.encode_special(t) for t in LIMIT_MASKED]
+    pad, G, Q = tok.get_bos_token_id(), p["rl_group_size"], p["rl_questions_per_step"]
+    rng = random.Random(f"rl:{p['rl_seed']}")
+    steps = []
+    for s in range(a.steps):
+        batch = [q for q in (qs[rng.randrange(len(qs))] for _ in range(Q)) for _ in range(G)]
+        model.eval()
+        t = time.perf_counter()
+        rows = refrag_rollouts(model, tok, batch, kb, p["k"], p["retriever"], p["max_hops"], p["rl_max_new_tokens"],
+                               temperature=p["rl_temperature"], seed=s, copy=p["rl_copy_guard"])
+        t_roll = time.perf_counter() - t
+        model.train()
+        adv = rl.group_advantages([rl.reward(q, r, w)["reward"] for q, r in zip(batch, rows)], G)
+        grads, secs = [], []
+        for per_pass in (None, 8):
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
+            secs.append(time.perf_counter() - t)
+            grads.append([torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()])
+        diff = max(float((x - y).abs().max()) for x, y in zip(*grads))
+        scale = max(float(x.abs().max()) for x in grads[0])
+        lens = [len(r["prompt"]) + len(r["tokens"]) for r in rows]
+        steps.append({"rollout_s": t_roll, "backward_one_pass_s": secs[0], "backward_sorted_passes_s": secs[1],
+                      "flat_rows": int((adv == 0).sum()), "rows": len(rows), "mean_len": sum(lens) / len(lens),
+                      "max_len": max(lens), "max_grad_diff": diff, "max_grad": scale})
+        print(f"step {s}: rollouts {t_roll:.2f}s | backward one pass {secs[0]:.2f}s, sorted passes {secs[1]:.2f}s | "
+              f"flat rows {steps[-1]['flat_rows']}/{len(rows)} | max grad diff {diff:.2e} (max grad {scale:.2e})", flush=True)
+    mean = lambda k: sum(x[k] for x in steps) / len(steps)
+    one, sorted_ = mean("rollout_s") + mean("backward_one_pass_s"), mean("rollout_s") + mean("backward_sorted_passes_s")
+    report = {"root": str(root), "machine": platform.node(), "torch_threads": torch.get_num_threads(), "steps": steps,
+              "step_s_one_pass": one, "step_s_sorted_passes": sorted_, "step_speedup": one / sorted_,
+              "backward_speedup": mean("backward_one_pass_s") / mean("backward_sorted_passes_s")}
+    print(f"step {one:.2f}s -> {sorted_:.2f}s ({report['step_speedup']:.2f}x; backward {report['backward_speedup']:.2f}x)")
+    atomic_write_json(a.out, report)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
