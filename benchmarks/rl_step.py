@@ -1,13 +1,14 @@
-"""What one RL step costs, and where: rollouts, then the policy-gradient backward in one padded
-pass against rl.policy_backward's length-sorted passes (the pipeline's), with their gradients compared.
+"""What one RL step costs, and where: its rollouts and its policy-gradient backward, each in one pass
+over all of the step's rows against passes of rl_rows_per_pass rows (the pipeline's; the backward's
+sorted by length), with the two gradients compared.
 
     python -m benchmarks.rl_step [--root CLONE] [--steps 3] [--out PATH]
 
 After `dvc repro refrag_finetune`, draws --steps steps of refrag_finetune's RL questions from the
 clone's warm-up as train_rl does (rl_questions_per_step x rl_group_size rollouts at rl_temperature,
-the copy guard as rl_copy_guard says), scores them with RL's reward, and times each backward way on
-the same rollouts. Writes a JSON report (default benchmarks/results/rl_step.json): seconds per step
-of each, their ratio measured in this run, and the largest gradient difference between them.
+the copy guard as rl_copy_guard says), scores them with RL's reward, and times each way; both
+backwards score the same rollouts. Writes a JSON report (default benchmarks/results/rl_step.json):
+seconds per step each way, their ratios measured in this run, and the largest gradient difference.
 """
 import argparse
 import platform
@@ -51,20 +52,24 @@ def main(argv=None):
     w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
          "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
     banned = [tok.encode_special(t) for t in LIMIT_MASKED]
-    pad, G, Q = tok.get_bos_token_id(), p["rl_group_size"], p["rl_questions_per_step"]
+    pad, G, Q, R = tok.get_bos_token_id(), p["rl_group_size"], p["rl_questions_per_step"], p["rl_rows_per_pass"]
     rng = random.Random(f"rl:{p['rl_seed']}")
     steps = []
     for s in range(a.steps):
         batch = [q for q in (qs[rng.randrange(len(qs))] for _ in range(Q)) for _ in range(G)]
         model.eval()
-        t = time.perf_counter()
-        rows = refrag_rollouts(model, tok, batch, kb, p["k"], p["retriever"], p["max_hops"], p["rl_max_new_tokens"],
-                               temperature=p["rl_temperature"], seed=s, copy=p["rl_copy_guard"])
-        t_roll = time.perf_counter() - t
+        roll = []
+        for per_pass in (len(batch), R):  # the rows of the second way are the ones both backwards score
+            t = time.perf_counter()
+            rows = [r for j in range(0, len(batch), per_pass)
+                    for r in refrag_rollouts(model, tok, batch[j:j + per_pass], kb, p["k"], p["retriever"], p["max_hops"],
+                                             p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=s * 1009 + j,
+                                             copy=p["rl_copy_guard"])]
+            roll.append(time.perf_counter() - t)
         model.train()
         adv = rl.group_advantages([rl.reward(q, r, w)["reward"] for q, r in zip(batch, rows)], G)
         grads, secs = [], []
-        for per_pass in (None, 8):
+        for per_pass in (None, R):
             model.zero_grad(set_to_none=True)
             t = time.perf_counter()
             rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
@@ -73,17 +78,20 @@ def main(argv=None):
         diff = max(float((x - y).abs().max()) for x, y in zip(*grads))
         scale = max(float(x.abs().max()) for x in grads[0])
         lens = [len(r["prompt"]) + len(r["tokens"]) for r in rows]
-        steps.append({"rollout_s": t_roll, "backward_one_pass_s": secs[0], "backward_sorted_passes_s": secs[1],
+        steps.append({"rollout_one_pass_s": roll[0], "rollout_passes_s": roll[1],
+                      "backward_one_pass_s": secs[0], "backward_sorted_passes_s": secs[1],
                       "flat_rows": int((adv == 0).sum()), "rows": len(rows), "mean_len": sum(lens) / len(lens),
                       "max_len": max(lens), "max_grad_diff": diff, "max_grad": scale})
-        print(f"step {s}: rollouts {t_roll:.2f}s | backward one pass {secs[0]:.2f}s, sorted passes {secs[1]:.2f}s | "
+        print(f"step {s}: rollouts one pass {roll[0]:.2f}s, passes {roll[1]:.2f}s | backward one pass {secs[0]:.2f}s, sorted passes {secs[1]:.2f}s | "
               f"flat rows {steps[-1]['flat_rows']}/{len(rows)} | max grad diff {diff:.2e} (max grad {scale:.2e})", flush=True)
     mean = lambda k: sum(x[k] for x in steps) / len(steps)
-    one, sorted_ = mean("rollout_s") + mean("backward_one_pass_s"), mean("rollout_s") + mean("backward_sorted_passes_s")
-    report = {"root": str(root), "machine": platform.node(), "torch_threads": torch.get_num_threads(), "steps": steps,
-              "step_s_one_pass": one, "step_s_sorted_passes": sorted_, "step_speedup": one / sorted_,
+    one, passes = mean("rollout_one_pass_s") + mean("backward_one_pass_s"), mean("rollout_passes_s") + mean("backward_sorted_passes_s")
+    report = {"root": str(root), "machine": platform.node(), "torch_threads": torch.get_num_threads(),
+              "rows_per_pass": R, "steps": steps, "step_s_one_pass": one, "step_s_passes": passes, "step_speedup": one / passes,
+              "rollout_speedup": mean("rollout_one_pass_s") / mean("rollout_passes_s"),
               "backward_speedup": mean("backward_one_pass_s") / mean("backward_sorted_passes_s")}
-    print(f"step {one:.2f}s -> {sorted_:.2f}s ({report['step_speedup']:.2f}x; backward {report['backward_speedup']:.2f}x)")
+    print(f"step {one:.2f}s -> {passes:.2f}s ({report['step_speedup']:.2f}x; rollouts {report['rollout_speedup']:.2f}x, "
+          f"backward {report['backward_speedup']:.2f}x)")
     atomic_write_json(a.out, report)
     print(f"wrote {a.out}")
 

@@ -72,6 +72,7 @@ DEFAULTS = {
         "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
         "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": True, "rl_ema": 0.0,
+        "rl_rows_per_pass": 8,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
@@ -128,6 +129,7 @@ _RULES = {
     "refrag_finetune.rl_drill_frac": _FRACTION, "refrag_finetune.holdout_frac": _FRACTION,
     "refrag_finetune.rl_reward_citation": _ge(0), "refrag_finetune.rl_penalty_unsupported": _ge(0),
     "refrag_finetune.rl_penalty_wrong": _ge(0), "refrag_finetune.rl_ema": _FRACTION,
+    "refrag_finetune.rl_rows_per_pass": _ge(1),
     "refrag_finetune.rl_penalty_format": _ge(0), "refrag_finetune.rl_reward_retrieval": _ge(0),
     "evaluate.retriever": _ONE_OF(RETRIEVERS),
     "evaluate.max_questions_per_type": _ge(0), "evaluate.k": _ge(1), "evaluate.max_hops": _ge(1),

@@ -21,7 +21,7 @@ RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar
         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
-        "rl_ema": 0.0}
+        "rl_ema": 0.0, "rl_rows_per_pass": 8}
 
 
 class _Tok:  # what train_rl asks of a tokenizer
