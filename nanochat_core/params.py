@@ -128,7 +128,7 @@ _RULES = {
     "refrag_finetune.rl_max_new_tokens": _ge(1), "refrag_finetune.rl_question_types": _SUBSET(QA_TYPES),
     "refrag_finetune.rl_drill_frac": _FRACTION, "refrag_finetune.holdout_frac": _FRACTION,
     "refrag_finetune.rl_reward_citation": _ge(0), "refrag_finetune.rl_penalty_unsupported": _ge(0),
-    "refrag_finetune.rl_penalty_wrong": _ge(0), "refrag_finetune.rl_ema": _FRACTION,
+    "refrag_finetune.rl_penalty_wrong": _ge(0), "refrag_finetune.rl_ema": ((lambda v: 0 <= v < 1), "in [0, 1): at 1 the average never leaves the warm-up"),
     "refrag_finetune.rl_rows_per_pass": _ge(1),
     "refrag_finetune.rl_penalty_format": _ge(0), "refrag_finetune.rl_reward_retrieval": _ge(0),
     "evaluate.retriever": _ONE_OF(RETRIEVERS),

@@ -128,6 +128,8 @@ def test_wrong_type_names_the_key(raw, path, value, words):
     ("rag_finetune.question_types", ["4hop"]),
     ("tokenizer.vocab_size", 100),
     ("documents.world.test_fraction", 1.5),
+    ("refrag_finetune.rl_ema", 1.0),
+    ("refrag_finetune.rl_rows_per_pass", 0),
 ])
 def test_impossible_value_names_the_key(raw, path, value):
     _refused(_with(raw, path, value), path)
