@@ -11,6 +11,8 @@ questions, batching and scoring as reports/eval.json), per type with n and a 95%
 interval, and RL minus warm-up on the same questions: the difference, how many questions RL
 gained and lost, and a 95% interval of the paired difference (normal approximation: with few
 questions gained plus lost it is too narrow, zero-wide when none are, so read the counts too).
+Each checkpoint's single-shot RAG mode is scored on the same questions too: issue 11's point 1
+holds REFRAG mode's single-hop and abstention to the same checkpoint's RAG mode.
 
 Why: issue 11's point 2 is "RL beats its warm-up by >= 0.05, two seeds", and a setting costs one
 RL phase per seed, not a whole `dvc repro`. --train-on val is a probe, not a setting: RL trains on
@@ -44,9 +46,9 @@ def paired(warm, rl):
             "lo": mean - half, "hi": mean + half}
 
 
-def refrag_ems(ckpt, tok, groups, kb, e):
-    """({type: [0/1 EM per question]}, {question id: prediction}) of a checkpoint in REFRAG mode,
-    exactly as evaluate answers and scores it."""
+def refrag_ems(ckpt, tok, groups, kb, e, mode="refrag"):
+    """({type: [0/1 EM per question]}, {question id: prediction}) of a checkpoint in `mode`
+    (REFRAG unless told), exactly as evaluate answers and scores it."""
     from nanochat_core.checkpoint import load_model
     from nanochat_core.evaluation import score
     from nanochat_core.inference import answer_questions
@@ -56,7 +58,7 @@ def refrag_ems(ckpt, tok, groups, kb, e):
     model.eval()
     out, answers = {}, {}
     for t, qs in groups.items():
-        preds = answer_questions(model, tok, qs, "refrag", kb, e["k"], e["retriever"], e["max_hops"],
+        preds = answer_questions(model, tok, qs, mode, kb, e["k"], e["retriever"], e["max_hops"],
                                  e["max_new_tokens"], e["batch_size"], copy=e["copy_guard"])
         out[t] = [r["em"] for r in score(qs, preds)]
         answers.update({q["id"]: pr["prediction"] for q, pr in zip(qs, preds)})
@@ -126,7 +128,8 @@ def main(argv=None):
     warm, warm_answers = refrag_ems(paths["sft"], tok, groups, kb, e)
     report = {"root": str(root), "set": a.set, "train_on": a.train_on, "probe": a.train_on == "val",
               "documents_seed": params["documents"]["seed"], "machine": platform.node(), "split": "test",
-              "warm_up": summary(warm), "warm_up_predictions": warm_answers, "runs": []}
+              "warm_up": summary(warm), "warm_up_rag_mode": summary(refrag_ems(paths["sft"], tok, groups, kb, e, "rag")[0]),
+              "warm_up_predictions": warm_answers, "runs": []}
     print("warm-up (REFRAG, test): " + ", ".join(f"{t} {r['em']:.3f} (n={r['n']})" for t, r in report["warm_up"].items()),
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +143,7 @@ def main(argv=None):
             ems, answers = refrag_ems(out, tok, groups, kb, e)
             run = {"rl_seed": seed, "kept_step": s["rl_best_step"], "val_em": s["rl_best_val_em"],
                    "seconds": round(time.time() - t0), "test": summary(ems),
+                   "test_rag_mode": summary(refrag_ems(out, tok, groups, kb, e, "rag")[0]),  # issue 11's point 1 bars
                    "rl_minus_warm_up": {t: paired(warm[t], ems[t]) for t in ems},
                    "history": s["history"], "predictions": answers}
             report["runs"].append(run)

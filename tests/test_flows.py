@@ -394,6 +394,8 @@ def test_full_pipeline_lineage_reaches_the_documents(tmp_path):
     for t in rr["warm_up"]:
         assert rr["warm_up"][t]["em"] == m["results"]["refrag_sft"]["refrag"][t]["em"], t
         assert run["test"][t]["em"] == m["results"]["refrag"]["refrag"][t]["em"], t
+        assert rr["warm_up_rag_mode"][t]["em"] == m["results"]["refrag_sft"]["rag"][t]["em"], t
+        assert run["test_rag_mode"][t]["em"] == m["results"]["refrag"]["rag"][t]["em"], t
     r = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "Running stage" not in r.stdout, r.stdout
     # Editing scoring retrains nothing: after an edit to evaluation.py, dvc status lists evaluate
