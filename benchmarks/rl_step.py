@@ -4,9 +4,10 @@ sorted by length), with the two gradients compared.
 
     python -m benchmarks.rl_step [--root CLONE] [--steps 3] [--out PATH]
 
-After `dvc repro refrag_finetune`, draws --steps steps of refrag_finetune's RL questions from the
-clone's warm-up as train_rl does (rl_questions_per_step x rl_group_size rollouts at rl_temperature,
-the copy guard as rl_copy_guard says), scores them with RL's reward, and times each way; both
+After `dvc repro refrag_finetune`, draws --steps steps of refrag_finetune's RL questions (its pool
+over the clone's KB; rl_drill_frac is not followed) and rolls them out from the clone's warm-up
+(rl_questions_per_step x rl_group_size at rl_temperature, the copy guard as rl_copy_guard says),
+scores them with RL's reward, and times each way, the two taking turns at going first; both
 backwards score the same rollouts. Writes a JSON report (default benchmarks/results/rl_step.json):
 seconds per step each way, their ratios measured in this run, and the largest gradient difference.
 """
@@ -39,6 +40,7 @@ def main(argv=None):
     from nanochat_core.params import load_params
     from nanochat_core.retrieval import KnowledgeBase
     from nanochat_core.tokenizer import Tokenizer
+    from nanochat_core.train import resolve_device
 
     root = a.root.resolve()
     paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
@@ -48,7 +50,7 @@ def main(argv=None):
     tok = Tokenizer.load(paths["tokenizer"] / "tokenizer.json")
     kb = KnowledgeBase.load(paths["kb"])
     qs, _ = stages.rl_pool(p, read_jsonl(paths["qa"] / "train.jsonl"), stages.rl_questions(p, paths["qa"]))
-    model, _ = load_model(paths["sft"], tok, "cpu")
+    model, _ = load_model(paths["sft"], tok, resolve_device(p["device"]))
     w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
          "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
     banned = [tok.encode_special(t) for t in LIMIT_MASKED]
@@ -58,23 +60,27 @@ def main(argv=None):
     for s in range(a.steps):
         batch = [q for q in (qs[rng.randrange(len(qs))] for _ in range(Q)) for _ in range(G)]
         model.eval()
-        roll = []
-        for per_pass in (len(batch), R):  # the rows of the second way are the ones both backwards score
+        roll, kept = {}, None
+        ways = (len(batch), R) if s % 2 == 0 else (R, len(batch))  # turns at going first: no way gets the warm caches
+        for per_pass in ways:
             t = time.perf_counter()
             rows = [r for j in range(0, len(batch), per_pass)
                     for r in refrag_rollouts(model, tok, batch[j:j + per_pass], kb, p["k"], p["retriever"], p["max_hops"],
                                              p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=s * 1009 + j,
                                              copy=p["rl_copy_guard"])]
-            roll.append(time.perf_counter() - t)
+            roll[per_pass] = time.perf_counter() - t
+            kept = rows if per_pass == R else kept  # both backwards score the passes' rows
+        rows, roll = kept, [roll[len(batch)], roll[R]]
         model.train()
         adv = rl.group_advantages([rl.reward(q, r, w)["reward"] for q, r in zip(batch, rows)], G)
-        grads, secs = [], []
-        for per_pass in (None, R):
+        grads, secs = {}, {}
+        for per_pass in ((None, R) if s % 2 == 0 else (R, None)):
             model.zero_grad(set_to_none=True)
             t = time.perf_counter()
             rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
-            secs.append(time.perf_counter() - t)
-            grads.append([torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()])
+            secs[per_pass] = time.perf_counter() - t
+            grads[per_pass] = [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
+        grads, secs = [grads[None], grads[R]], [secs[None], secs[R]]
         diff = max(float((x - y).abs().max()) for x, y in zip(*grads))
         scale = max(float(x.abs().max()) for x in grads[0])
         lens = [len(r["prompt"]) + len(r["tokens"]) for r in rows]

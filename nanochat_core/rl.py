@@ -83,9 +83,12 @@ def _all_sum(t):
 
 
 def group_advantages(rewards, group_size):
-    """reward - its group's mean, groups being consecutive runs of group_size rollouts."""
+    """reward - its group's mean, groups being consecutive runs of group_size rollouts. A flat
+    group (every reward the same) gets exactly 0: in float32 eight rewards of 1.2 minus their mean
+    leave ~1e-8, a gradient of pure rounding that policy_backward would otherwise have to run."""
     r = torch.tensor(rewards, dtype=torch.float32).view(-1, group_size)
-    return (r - r.mean(dim=1, keepdim=True)).view(-1)
+    adv = r - r.mean(dim=1, keepdim=True)
+    return adv.masked_fill((r.max(1).values == r.min(1).values)[:, None], 0.0).view(-1)
 
 
 def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
@@ -138,27 +141,27 @@ def policy_backward(model, rows, advantages, pad_id, n_tokens=None, temperature=
     """policy_loss(...).backward() over all `rows`, in passes of at most rows_per_pass rows
     (None: one pass) sorted by length, so each pass pads to its own longest row. Rows whose
     advantage is 0 (a flat group: every rollout got the same reward) add nothing to the gradient,
-    so they run without one, for the entropy alone. The gradient is policy_loss's over all rows,
-    up to float rounding. Returns (the loss, the mean entropy at every sampled token).
-    Why: 64 rollouts padded to the longest in one pass made the backward twice the rollouts' time;
-    `python -m benchmarks.rl_step` (world 2027's 300-step warm-up, 8 questions x 8 rollouts, rows
-    of ~335 tokens and up to 520) measured passes of 8 rows 3.7x faster here, rollouts in passes of
-    8 rows (train_rl) 1.6x, and the whole step 2.65x."""
+    so they run in passes of their own without one, for the entropy alone. The gradient is
+    policy_loss's over all rows, up to float rounding. Returns (the loss, the mean entropy at every
+    sampled token). Why: one pass padded to the longest of a step's rows was slower than the
+    rollouts themselves on a CPU (`python -m benchmarks.rl_step`; figures in the README)."""
     adv = advantages.float()
     count = [sum(r["masks"]) for r in rows]
     n = max(sum(count) if n_tokens is None else n_tokens, 1)
-    order = sorted(range(len(rows)), key=lambda i: (bool(adv[i] != 0), len(rows[i]["prompt"]) + len(rows[i]["tokens"])))
+    length = lambda i: len(rows[i]["prompt"]) + len(rows[i]["tokens"])
+    flat = sorted((i for i in range(len(rows)) if adv[i] == 0), key=length)
+    live = sorted((i for i in range(len(rows)) if adv[i] != 0), key=length)
     step = rows_per_pass or len(rows)
     loss, ent = 0.0, 0.0
-    for i in range(0, len(order), step):
-        idx = order[i:i + step]
-        part = [rows[j] for j in idx]
-        with torch.set_grad_enabled(bool(adv[idx].any())):
-            part_loss, e = policy_loss(model, part, adv[idx], pad_id, n, temperature, banned_ids)
-            if part_loss.requires_grad:
-                part_loss.backward()
-        loss += part_loss.item()
-        ent += e * sum(count[j] for j in idx)
+    for group, grad in ((flat, False), (live, True)):
+        for i in range(0, len(group), step):
+            idx = group[i:i + step]
+            with torch.set_grad_enabled(grad):
+                part_loss, e = policy_loss(model, [rows[j] for j in idx], adv[idx], pad_id, n, temperature, banned_ids)
+                if grad:
+                    part_loss.backward()
+            loss += part_loss.item()
+            ent += e * sum(count[j] for j in idx)
     return loss, ent / max(sum(count), 1)
 
 
@@ -276,7 +279,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                 g["lr"] = g["initial_lr"] * mult
         n_tokens = None
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
-            n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))])))
+            n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))], device=device)))
         loss, entropy = policy_backward(model, rows, adv, pad, n_tokens, p["rl_temperature"], banned,
                                         per_pass) if rows else (0.0, 0.0)
         for prm in model.parameters():  # no gradient (every group flat) steps as a zero one: Adam's moments still move
@@ -294,7 +297,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                         ema[k].lerp_(t, 1.0 - decay)
         parts, rows_info = gather(parts), gather([(len(r["queries"]) - 1, len(tokenizer.encode(r["raw"]))) for r in rows])
         R = torch.tensor([x["reward"] for x in parts]).view(Q, G)
-        rec = {"step": step, "loss": _all_sum(torch.tensor([loss])).item(),
+        rec = {"step": step, "loss": _all_sum(torch.tensor([loss], device=device)).item(),
                "reward": float(R.mean()), "entropy": sum(gather([entropy])) / world, "lr_mult": mult,
                **{f"reward_{k}": sum(x[k] for x in parts) / len(parts)
                   for k in ("em", "citation", "unsupported", "wrong", "format", "retrieval", "bad_query")},

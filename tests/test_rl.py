@@ -84,6 +84,8 @@ def test_group_advantages_sum_to_zero_per_group_and_are_not_std_scaled():
     assert adv.view(2, 4).sum(1).abs().max() < 1e-6
     assert adv.tolist()[:4] == pytest.approx([0.75, -0.25, -0.25, -0.25])  # not divided by the std
     assert adv.tolist()[4:] == [0.0] * 4  # a flat group teaches nothing
+    # exactly nothing, even where float32 rounding of reward - mean would leave ~1e-8
+    assert group_advantages([1.2] * 8 + [0.7] * 7 + [-0.3], 8).tolist()[:8] == [0.0] * 8
 
 
 def _model(V=40):
@@ -144,6 +146,11 @@ def test_policy_backward_in_sorted_passes_equals_one_pass():
     model.zero_grad(set_to_none=True)
     policy_backward(model, rows, torch.zeros(11), pad_id=0)  # every group flat: nothing to learn
     assert all(q.grad is None for q in model.parameters())
+    # under torchrun n_tokens is every rank's count: twice this rank's halves the gradient
+    n = sum(sum(r["masks"]) for r in rows)
+    policy_backward(model, rows, adv, pad_id=0, n_tokens=2 * n, temperature=0.7, banned_ids=[5], rows_per_pass=4)
+    for a, b in zip(ref, model.parameters()):
+        assert torch.allclose(a / 2, b.grad, atol=1e-6, rtol=1e-4)
 
 
 def test_rl_raises_the_probability_of_the_rewarded_continuation():
@@ -210,7 +217,7 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
     calls = []
 
     def rollouts(model, tok, qs, kb, *a, **k):
-        calls.append((kb, [q["id"] for q in qs]))
+        calls.append((kb, [q["id"] for q in qs], k["seed"]))
         return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
                  "documents": [[]], "citations": [], "prediction": q["answers"][0] if q["id"].endswith("0") else "x",
                  "raw": "x"} for q in qs]
@@ -219,12 +226,14 @@ def test_rl_draws_its_drill_share_and_rolls_each_question_out_over_its_own_kb(mo
     monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
     real = [{**Q, "id": f"r{i}"} for i in range(5)]
     drill = [{**Q, "id": f"d{i}"} for i in range(5)]
-    p = {**RL_P, "rl_drill_frac": 0.5}
+    p = {**RL_P, "rl_drill_frac": 0.5, "rl_rows_per_pass": 3}  # passes of 3 rows cut groups of 2
     out = rl.train_rl(_model(), _Tok(), real, real, "KB", p, tmp_path / "rl", {}, drills=(drill, "DKB"))
-    assert [kb for kb, _ in calls] == ["KB", "DKB"] * 2
-    for kb, ids in calls:
-        assert len(ids) == 4 and ids[0::2] == ids[1::2]  # two whole groups of 2
-        assert all(i.startswith("r" if kb == "KB" else "d") for i in ids)
+    assert [(kb, len(ids)) for kb, ids, _ in calls] == [("KB", 3), ("KB", 1), ("DKB", 3), ("DKB", 1)] * 2
+    for s in (0, 2, 4, 6):  # per step and KB, the passes hold two whole groups of 2, in order
+        (kb, a, _), (_, b, _) = calls[s], calls[s + 1]
+        ids = a + b
+        assert ids[0::2] == ids[1::2] and all(i.startswith("r" if kb == "KB" else "d") for i in ids)
+    assert len({seed for _, _, seed in calls}) == len(calls)  # every pass samples with its own seed
     assert len(out["history"]) == 3
 
 
