@@ -1,6 +1,7 @@
 """What one RL step costs, and where: its rollouts and its policy-gradient backward, each in one pass
-over all of the step's rows against passes of rl_rows_per_pass rows (the pipeline's; the backward's
-sorted by length), with the two gradients compared.
+over all of the step's rows (the backward with a gradient through every row) against passes of
+rl_rows_per_pass rows (the pipeline's rl.policy_backward: sorted by length, flat groups' rows
+without a gradient), with the two gradients compared.
 
     python -m benchmarks.rl_step [--root CLONE] [--steps 3] [--out PATH]
 
@@ -77,7 +78,10 @@ def main(argv=None):
         for per_pass in ((None, R) if s % 2 == 0 else (R, None)):
             model.zero_grad(set_to_none=True)
             t = time.perf_counter()
-            rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
+            if per_pass is None:  # one pass over every row, flat ones too: what train_rl did before passes
+                rl.policy_loss(model, rows, adv, pad, None, p["rl_temperature"], banned)[0].backward()
+            else:
+                rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
             secs[per_pass] = time.perf_counter() - t
             grads[per_pass] = [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
         grads, secs = [grads[None], grads[R]], [secs[None], secs[R]]
