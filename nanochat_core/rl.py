@@ -262,7 +262,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         mine = qs[rank::world]  # whole groups: each rank its own questions
         batch, rows = [], []
         model.eval()
-        for i, src in enumerate([kb] + ([drills[1]] if drills else [])):  # one rollout batch per KB
+        for i, src in enumerate([kb] + ([drills[1]] if drills else [])):  # per KB, in passes of rl_rows_per_pass rows
             b = [q for q, s in mine if s is src for _ in range(G)]
             for j in range(0, len(b), per_pass):  # a few rows at a time: on a CPU that beats one wide batch
                 batch += b[j:j + per_pass]
