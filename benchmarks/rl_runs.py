@@ -46,9 +46,9 @@ def paired(warm, rl):
             "lo": mean - half, "hi": mean + half}
 
 
-def refrag_ems(ckpt, tok, groups, kb, e, mode="refrag"):
-    """({type: [0/1 EM per question]}, {question id: prediction}) of a checkpoint in `mode`
-    (REFRAG unless told), exactly as evaluate answers and scores it."""
+def mode_ems(ckpt, tok, groups, kb, e, modes=("refrag", "rag")):
+    """{mode: ({type: [0/1 EM per question]}, {question id: prediction})} of a checkpoint in each
+    of `modes`, exactly as evaluate answers and scores them (the checkpoint loaded once)."""
     from nanochat_core.checkpoint import load_model
     from nanochat_core.evaluation import score
     from nanochat_core.inference import answer_questions
@@ -56,13 +56,16 @@ def refrag_ems(ckpt, tok, groups, kb, e, mode="refrag"):
     device = resolve_device(e["device"])
     model, _ = load_model(ckpt, tok, device)
     model.eval()
-    out, answers = {}, {}
-    for t, qs in groups.items():
-        preds = answer_questions(model, tok, qs, mode, kb, e["k"], e["retriever"], e["max_hops"],
-                                 e["max_new_tokens"], e["batch_size"], copy=e["copy_guard"])
-        out[t] = [r["em"] for r in score(qs, preds)]
-        answers.update({q["id"]: pr["prediction"] for q, pr in zip(qs, preds)})
-    return out, answers
+    result = {}
+    for mode in modes:
+        out, answers = {}, {}
+        for t, qs in groups.items():
+            preds = answer_questions(model, tok, qs, mode, kb, e["k"], e["retriever"], e["max_hops"],
+                                     e["max_new_tokens"], e["batch_size"], copy=e["copy_guard"])
+            out[t] = [r["em"] for r in score(qs, preds)]
+            answers.update({q["id"]: pr["prediction"] for q, pr in zip(qs, preds)})
+        result[mode] = (out, answers)
+    return result
 
 
 def summary(ems):
@@ -125,10 +128,11 @@ def main(argv=None):
     groups = {t: qs for t, qs in question_groups(read_jsonl(paths["qa"] / "test.jsonl"), e).items() if t in TYPES}
     if a.train_on == "val":
         print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
-    warm, warm_answers = refrag_ems(paths["sft"], tok, groups, kb, e)
+    warm_modes = mode_ems(paths["sft"], tok, groups, kb, e)
+    warm, warm_answers = warm_modes["refrag"]
     report = {"root": str(root), "set": a.set, "train_on": a.train_on, "probe": a.train_on == "val",
               "documents_seed": params["documents"]["seed"], "machine": platform.node(), "split": "test",
-              "warm_up": summary(warm), "warm_up_rag_mode": summary(refrag_ems(paths["sft"], tok, groups, kb, e, "rag")[0]),
+              "warm_up": summary(warm), "warm_up_rag_mode": summary(warm_modes["rag"][0]),
               "warm_up_predictions": warm_answers, "runs": []}
     print("warm-up (REFRAG, test): " + ", ".join(f"{t} {r['em']:.3f} (n={r['n']})" for t, r in report["warm_up"].items()),
           flush=True)
@@ -140,10 +144,11 @@ def main(argv=None):
             t0 = time.time()
             s = stages.refrag_rl(p, paths["sft"], out, tok_path, val if a.train_on == "val" else train, val, kb,
                                  qa_rl=qa_rl)
-            ems, answers = refrag_ems(out, tok, groups, kb, e)
+            modes = mode_ems(out, tok, groups, kb, e)
+            ems, answers = modes["refrag"]
             run = {"rl_seed": seed, "kept_step": s["rl_best_step"], "val_em": s["rl_best_val_em"],
                    "seconds": round(time.time() - t0), "test": summary(ems),
-                   "test_rag_mode": summary(refrag_ems(out, tok, groups, kb, e, "rag")[0]),  # issue 11's point 1 bars
+                   "test_rag_mode": summary(modes["rag"][0]),  # issue 11's point 1 bars
                    "rl_minus_warm_up": {t: paired(warm[t], ems[t]) for t in ems},
                    "history": s["history"], "predictions": answers}
             report["runs"].append(run)

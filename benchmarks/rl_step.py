@@ -52,39 +52,40 @@ def main(argv=None):
     kb = KnowledgeBase.load(paths["kb"])
     qs, _ = stages.rl_pool(p, read_jsonl(paths["qa"] / "train.jsonl"), stages.rl_questions(p, paths["qa"]))
     model, _ = load_model(paths["sft"], tok, resolve_device(p["device"]))
-    w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
-         "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
+    w = rl.reward_weights(p)
     banned = [tok.encode_special(t) for t in LIMIT_MASKED]
     pad, G, Q, R = tok.get_bos_token_id(), p["rl_group_size"], p["rl_questions_per_step"], p["rl_rows_per_pass"]
     rng = random.Random(f"rl:{p['rl_seed']}")
+
+    def in_turns(s, fn, ways):  # {way: (fn(way), seconds)}; the ways take turns at going first (the warm caches)
+        out = {}
+        for way in (ways if s % 2 == 0 else ways[::-1]):
+            t = time.perf_counter()
+            res = fn(way)
+            out[way] = (res, time.perf_counter() - t)
+        return out
+
+    def backward(per_pass):  # the gradient of one step, the old way (None) or train_rl's
+        model.zero_grad(set_to_none=True)
+        if per_pass is None:  # one pass over every row, flat ones too: what train_rl did before passes
+            rl.policy_loss(model, rows, adv, pad, None, p["rl_temperature"], banned)[0].backward()
+        else:
+            rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
+        return [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
+
     steps = []
     for s in range(a.steps):
         batch = [q for q in (qs[rng.randrange(len(qs))] for _ in range(Q)) for _ in range(G)]
         model.eval()
-        roll, kept = {}, None
-        ways = (len(batch), R) if s % 2 == 0 else (R, len(batch))  # turns at going first: no way gets the warm caches
-        for per_pass in ways:
-            t = time.perf_counter()
-            rows = [r for j in range(0, len(batch), per_pass)
-                    for r in refrag_rollouts(model, tok, batch[j:j + per_pass], kb, p["k"], p["retriever"], p["max_hops"],
-                                             p["rl_max_new_tokens"], temperature=p["rl_temperature"], seed=s * 1009 + j,
-                                             copy=p["rl_copy_guard"])]
-            roll[per_pass] = time.perf_counter() - t
-            kept = rows if per_pass == R else kept  # both backwards score the passes' rows
-        rows, roll = kept, [roll[len(batch)], roll[R]]
+        roll = in_turns(s, lambda n: [r for j in range(0, len(batch), n) for r in refrag_rollouts(
+            model, tok, batch[j:j + n], kb, p["k"], p["retriever"], p["max_hops"], p["rl_max_new_tokens"],
+            temperature=p["rl_temperature"], seed=s * 1009 + j, copy=p["rl_copy_guard"])], (len(batch), R))
+        rows = roll[R][0]  # both backwards score the passes' rows
         model.train()
         adv = rl.group_advantages([rl.reward(q, r, w)["reward"] for q, r in zip(batch, rows)], G)
-        grads, secs = {}, {}
-        for per_pass in ((None, R) if s % 2 == 0 else (R, None)):
-            model.zero_grad(set_to_none=True)
-            t = time.perf_counter()
-            if per_pass is None:  # one pass over every row, flat ones too: what train_rl did before passes
-                rl.policy_loss(model, rows, adv, pad, None, p["rl_temperature"], banned)[0].backward()
-            else:
-                rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
-            secs[per_pass] = time.perf_counter() - t
-            grads[per_pass] = [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
-        grads, secs = [grads[None], grads[R]], [secs[None], secs[R]]
+        back = in_turns(s, backward, (None, R))
+        grads = [back[None][0], back[R][0]]
+        roll, secs = [roll[len(batch)][1], roll[R][1]], [back[None][1], back[R][1]]
         diff = max(float((x - y).abs().max()) for x, y in zip(*grads))
         scale = max(float(x.abs().max()) for x in grads[0])
         lens = [len(r["prompt"]) + len(r["tokens"]) for r in rows]

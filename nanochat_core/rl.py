@@ -70,6 +70,12 @@ def reward(q, r, w):
             "retrieval": found, "bad_query": float(bad_query)}
 
 
+def reward_weights(p):
+    """reward()'s weights from the refrag_finetune section's rl_* keys."""
+    return {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
+            "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
+
+
 def chain_shown(q, blocks):
     """Whether the documents blocks held every gold document of question q (False when it names none)."""
     gold = {d for hop in q.get("gold_doc_ids", []) for d in hop}
@@ -220,8 +226,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     drills: (questions, their KB), from which a p["rl_drill_frac"] share of each step's
     questions is drawn (the rest from train_qs over kb)."""
     log = log or (lambda metrics, step: None)
-    w = {"em": 1.0, "citation": p["rl_reward_citation"], "unsupported": p["rl_penalty_unsupported"],
-         "wrong": p["rl_penalty_wrong"], "format": p["rl_penalty_format"], "retrieval": p["rl_reward_retrieval"]}
+    w = reward_weights(p)
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
     scale = p["rl_lr_frac"]
     opts = model.setup_optimizers(p["matrix_lr"] * scale, p["embedding_lr"] * scale, p["unembedding_lr"] * scale,
