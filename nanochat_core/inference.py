@@ -20,7 +20,7 @@ import re
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.engine import Engine
 from nanochat_core.metrics import is_abstain, supported
-from nanochat_core.rag import closed_book_conversation, new_hits, reading_conversation, retrieve
+from nanochat_core.rag import closed_book_conversation, new_hits, reading_conversation, retrieve, swap_docs
 
 MODES = ("closed_book", "rag", "refrag")
 _CITE = re.compile(r"\s*\[(\d+)\]")
@@ -63,29 +63,33 @@ def ground(answer, cites, blocks, queries=()):
     return ABSTAIN, [], True
 
 
-def make_search_tool(tokenizer, kb, k, retriever, shown):
+def make_search_tool(tokenizer, kb, k, retriever, shown, swaps=None):
     """The engine's tool for REFRAG: (query, row) -> the tokens of a documents block holding
     the query's top-k among the documents row has not been shown. shown[row] is that row's
     list of blocks so far (hop 1 included); each new block is appended to it. An empty query
-    gets an empty block."""
+    gets an empty block. swaps[row]: (old, new) to rewrite in every document shown, or None."""
     def tool(query, row):
         seen = {d["id"] for block in shown[row] for d in block}
         docs = new_hits(kb, query, seen, k, retriever) if query.strip() else []
+        if swaps and swaps[row]:
+            docs = swap_docs(docs, *swaps[row])
         shown[row].append(docs)
         return tokenizer.encode_documents(docs)
     return tool
 
 
-def rag_prompts(tokenizer, questions, kb, k, retriever):
+def rag_prompts(tokenizer, questions, kb, k, retriever, swaps=None):
     """Single-shot RAG's prompts (the question, then its top-k block), which are also REFRAG's
-    hop 1. Returns (shown, prompts): shown[b] = [that block]."""
+    hop 1. Returns (shown, prompts): shown[b] = [that block]. swaps: as make_search_tool's."""
     docs = retrieve(kb, [q["question"] for q in questions], k, retriever)
+    if swaps:
+        docs = [swap_docs(d, *s) if s else d for d, s in zip(docs, swaps)]
     return [[d] for d in docs], [tokenizer.render_for_completion(reading_conversation(q, d, False))
                                  for q, d in zip(questions, docs)]
 
 
 def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_hops=3, max_new_tokens=48,
-                    temperature=0.0, seed=0, copy=False):
+                    temperature=0.0, seed=0, copy=False, swaps=None):
     """REFRAG on one batch of questions, question first. Returns one dict per question:
     prompt (token ids), tokens and masks (what followed the prompt, mask 1 = sampled by the
     model, 0 = a forced documents block; the closing <|assistant_end|> included when the
@@ -93,10 +97,12 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
     markers were masked out of sampling, at the hop limit; len(tokens) if never), prediction,
     raw, citations, documents (one list per block, hop 1 first), queries (hop 1's is the
     question) and allowed (copy=True: the engine's copy guard, {index in tokens: the ids it
-    allowed there}). temperature 0 is greedy; RL samples at 1.0 with `seed`."""
+    allowed there}). temperature 0 is greedy; RL samples at 1.0 with `seed`. swaps: one (old, new)
+    or None per question, rewritten in every document that question's blocks show (RL's live
+    counterfactual, rag.swap_question)."""
     end = tokenizer.encode_special("<|assistant_end|>")
-    shown, prompts = rag_prompts(tokenizer, questions, kb, k, retriever)
-    engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown),
+    shown, prompts = rag_prompts(tokenizer, questions, kb, k, retriever, swaps)
+    engine = Engine(model, tokenizer, tool=make_search_tool(tokenizer, kb, k, retriever, shown, swaps),
                     max_tool_calls=max_hops - 1, copy=copy)
     # max_new_tokens for each follow-up query and for the answer
     toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end], temperature=temperature,

@@ -50,13 +50,35 @@ def swap_answer(qa, docs, pool, rng):
     reading can; without drills the model learns to recall train facts instead of copying,
     which does nothing for held-out entities."""
     old = qa["answers"][0]
-    choices = [a for a in pool.get(qa["relation"], []) if a != old and a not in old and old not in a]
+    choices = swap_choices(pool, qa["relation"], old)
     if not choices or not any(old in d["text"] for d in docs):
         return qa, docs
     new = rng.choice(choices)
+    return {**qa, "answers": [new]}, swap_docs(docs, old, new, titles=False)
+
+
+def swap_choices(pool, relation, old):
+    """The values of `relation` that may replace `old`: none equal, contain or sit inside it."""
+    return [a for a in pool.get(relation, []) if a != old and a not in old and old not in a]
+
+
+def swap_docs(docs, old, new, titles=True):
+    """docs with every whole-word `old` in their text (and titles) replaced by `new`."""
     pat = re.compile(rf"(?<!\w){re.escape(old)}(?!\w)")
-    docs = [{**d, "text": pat.sub(new, d["text"])} for d in docs]
-    return {**qa, "answers": [new]}, docs
+    return [{**d, "text": pat.sub(new, d["text"]),
+             **({"title": pat.sub(new, d["title"])} if titles and d.get("title") else {})} for d in docs]
+
+
+def swap_question(qa, pool, rng):
+    """RL's live counterfactual: (qa with another answer of its relation, (old, new)) for the
+    search tool to rewrite every document it shows, titles included; (qa, None) when the
+    question has no swappable answer (an abstention, or a relation with one value)."""
+    old = qa["answers"][0]
+    choices = [] if old == ABSTAIN else swap_choices(pool, qa.get("relation"), old)
+    if not choices:
+        return qa, None
+    new = rng.choice(choices)
+    return {**qa, "answers": [new]}, (old, new)
 
 
 def answer_pool(questions):

@@ -31,6 +31,7 @@ from nanochat_core.data.world import ABSTAIN
 from nanochat_core.engine import LIMIT_MASKED
 from nanochat_core.inference import answer_questions, refrag_rollouts
 from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
+from nanochat_core.rag import answer_pool, swap_question
 from nanochat_core.train import pad_batch
 
 
@@ -224,7 +225,9 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     in place, saves the best step by val EM to out_dir (step 0, the warm-up itself, competes
     too) and loads those weights back into `model`. Returns a summary with the history.
     drills: (questions, their KB), from which a p["rl_drill_frac"] share of each step's
-    questions is drawn (the rest from train_qs over kb)."""
+    questions is drawn (the rest from train_qs over kb). A p["rl_swap_frac"] share of the
+    train_qs draws gets a live counterfactual (rag.swap_question): another answer of its relation,
+    written into every document its rollouts are shown, so only reading earns the reward."""
     log = log or (lambda metrics, step: None)
     w = reward_weights(p)
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
@@ -238,6 +241,8 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     pad = tokenizer.get_bos_token_id()
     banned = [tokenizer.encode_special(t) for t in LIMIT_MASKED]  # as the engine masks them at the hop limit
     G, Q, total, per_pass = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"], p["rl_rows_per_pass"]
+    swap = p["rl_swap_frac"]
+    pool = answer_pool(train_qs) if swap else {}  # each relation's answers: what a swap may put in
     history = []
     rank, world = rank_world()
 
@@ -264,17 +269,23 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         n_drill = round(Q * p["rl_drill_frac"]) if drills else 0
         qs = ([(train_qs[rng.randrange(len(train_qs))], kb) for _ in range(Q - n_drill)]  # the same draws on every rank
               + [(drills[0][rng.randrange(len(drills[0]))], drills[1]) for _ in range(n_drill)])
+        if swap:  # a live counterfactual: a new answer, its group's in every document shown
+            qs = [(*swap_question(q, pool, rng), s) if s is kb and rng.random() < swap else (q, None, s)
+                  for q, s in qs]
+        else:
+            qs = [(q, None, s) for q, s in qs]
         mine = qs[rank::world]  # whole groups: each rank its own questions
         batch, rows = [], []
         model.eval()
         for i, src in enumerate([kb] + ([drills[1]] if drills else [])):  # per KB, in passes of rl_rows_per_pass rows
-            b = [q for q, s in mine if s is src for _ in range(G)]
+            b = [(q, sw) for q, sw, s in mine if s is src for _ in range(G)]
             for j in range(0, len(b), per_pass):  # a few rows at a time: on a CPU that beats one wide batch
-                batch += b[j:j + per_pass]
-                rows += refrag_rollouts(model, tokenizer, b[j:j + per_pass], src, p["k"], p["retriever"], p["max_hops"],
-                                        p["rl_max_new_tokens"], temperature=p["rl_temperature"],
+                chunk = b[j:j + per_pass]
+                batch += [q for q, _ in chunk]
+                rows += refrag_rollouts(model, tokenizer, [q for q, _ in chunk], src, p["k"], p["retriever"],
+                                        p["max_hops"], p["rl_max_new_tokens"], temperature=p["rl_temperature"],
                                         seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i + 15_485_863 * j,
-                                        copy=p["rl_copy_guard"])
+                                        copy=p["rl_copy_guard"], swaps=[sw for _, sw in chunk])
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)

@@ -390,3 +390,18 @@ def test_only_drill_documents_carry_a_loss_weight(stage):
                     unweighted += 1
     assert weighted >= 40 and unweighted > 0
     assert not any("loss_weight" in m for c in make({**p, "drill_doc_loss": 0.0}, qa, kb) for m in c)
+
+
+def test_swap_question_gives_another_value_of_the_relation_and_swap_docs_rewrites_titles_too():
+    pool = {"person.born_in": ["Kiko", "Miles", "Kikoland"]}
+    rng = random.Random(0)
+    for _ in range(20):
+        qa, (old, new) = rag.swap_question(QA, pool, rng)
+        assert old == "Kiko" and new == "Miles" == qa["answers"][0]  # "Kikoland" contains "Kiko": never chosen
+    assert QA["answers"] == ["Kiko"]
+    docs = rag.swap_docs([{"id": "c", "title": "Kiko", "text": "Kiko is a city. Kikoland is not."}], "Kiko", "Miles")
+    assert docs == [{"id": "c", "title": "Miles", "text": "Miles is a city. Kikoland is not."}]
+    # an abstention, an unknown relation or a relation with no other value: nothing to swap
+    assert rag.swap_question({**QA, "answers": [ABSTAIN]}, {"person.born_in": [ABSTAIN, "Miles"]}, rng)[1] is None
+    assert rag.swap_question({**QA, "relation": "x.y"}, pool, rng) == ({**QA, "relation": "x.y"}, None)
+    assert rag.swap_question(QA, {"person.born_in": ["Kiko"]}, rng) == (QA, None)

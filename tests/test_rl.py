@@ -21,7 +21,7 @@ RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar
         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
-        "rl_ema": 0.0, "rl_rows_per_pass": 8}
+        "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0}
 
 
 class _Tok:  # what train_rl asks of a tokenizer
@@ -361,3 +361,66 @@ def test_rl_ema_judges_and_keeps_the_average_while_rollouts_sample_the_live_weig
     assert out["rl_best_step"] == 1
     for n, t in model.state_dict().items():  # the model ends on the kept (averaged) step-1 weights
         assert torch.equal(t, seen["val"][1][n]), n
+
+
+def test_rl_swap_gives_each_group_one_live_counterfactual_and_rewards_the_new_answer(monkeypatch, tmp_path):
+    """rl_swap_frac 1.0: every rollout is told (old, new) for its question, one swap per group,
+    new another answer of the relation, and the reward scores the new answer: copying it from
+    the rewritten documents earns EM, recalling the old one does not."""
+    from nanochat_core import rl
+    calls = []
+
+    def rollouts(model, tok, qs, kb, *a, swaps=None, **k):
+        calls.append(list(zip([q["answers"][0] for q in qs], swaps)))
+        return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
+                 "documents": [[]], "citations": [], "prediction": (s[1] if i % 2 else s[0]) if s else q["answers"][0], "raw": "x"}
+                for i, (q, s) in enumerate(zip(qs, swaps))]
+
+    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
+    monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
+    answers = ["Kikoland", "Bororia", "Tarunia"]
+    qs = [{**Q, "id": f"r{i}", "relation": "person.born_in.in_country", "answers": [answers[i % 3]]} for i in range(6)]
+    out = rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_swap_frac": 1.0}, tmp_path / "rl", {})
+    rows = [r for c in calls for r in c]
+    assert len(rows) == 2 * 4 * 2  # steps x questions x group
+    for target, (old, new) in rows:
+        assert target == new != old and old in answers and new in answers
+    assert all(rows[i] == rows[i + 1] for i in range(0, len(rows), 2))  # one swap per group
+    assert [h["reward_em"] for h in out["history"][1:]] == [0.5, 0.5]  # only the rows that wrote `new`
+    calls.clear()  # rl_swap_frac 0: no swaps, and the question's own answer is the right one
+    out = rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_swap_frac": 0.0}, tmp_path / "rl", {})
+    assert all(s is None for c in calls for _, s in c) and [h["reward_em"] for h in out["history"][1:]] == [1.0, 1.0]
+
+
+def test_swapped_rollouts_show_the_new_answer_in_every_block_and_leave_other_rows_alone():
+    """refrag_rollouts with swaps: hop 1's block and every follow-up block show `new` wherever
+    the documents said `old` (titles included), and a row without a swap is token for token the
+    row an unswapped call makes."""
+    import re
+
+    from fakes import BiasedGPT, distinct_city, tiny_config, tiny_world
+
+    from nanochat_core.inference import refrag_rollouts
+    world, kb, tok, qs = tiny_world(3, 4, 4)
+    sp = tok.encode_special
+    city = distinct_city(world, tok)
+    chain = [sp("<|search_start|>")] + tok.encode(" " + city) + [sp("<|search_end|>")]
+    after = {a: b for a, b in zip(chain, chain[1:])}
+    after[sp("<|assistant_start|>")] = after[sp("<|documents_end|>")] = chain[0]  # search: a follow-up block
+    torch.manual_seed(0)
+    model = BiasedGPT(tiny_config(tok), after=after).eval()
+    cities = [e.name for e in world.entities.values() if e.type == "city" and e.name != city]
+    qs = qs[:2]
+    plain = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6)
+    swaps = [(city, cities[0]), None]
+    rows = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6, swaps=swaps)
+    old = re.compile(rf"(?<!\w){re.escape(city)}(?!\w)")
+    blocks = rows[0]["documents"]
+    assert len(blocks) == 2 and any(cities[0] in d["text"] for d in blocks[1])  # the city's own search
+    assert not any(old.search(f"{d['title']} {d['text']}") for b in blocks for d in b)
+    for pb, sb in zip(plain[0]["documents"], blocks):  # the same documents, rewritten
+        assert [d["id"] for d in pb] == [d["id"] for d in sb]
+        assert [old.sub(cities[0], d["text"]) for d in pb] == [d["text"] for d in sb]
+    assert not old.search(tok.decode(rows[0]["prompt"] + rows[0]["tokens"]).replace(f"<|search_start|> {city}", ""))
+    assert (rows[1]["prompt"], rows[1]["tokens"], rows[1]["documents"]) == (
+        plain[1]["prompt"], plain[1]["tokens"], plain[1]["documents"])
