@@ -72,9 +72,11 @@ def swap_docs(docs, old, new, titles=True):
 def swap_question(qa, pool, rng):
     """RL's live counterfactual: (qa with another answer of its relation, (old, new)) for the
     search tool to rewrite every document it shows, titles included; (qa, None) when the
-    question has no swappable answer (an abstention, or a relation with one value)."""
+    question has no swappable answer (an abstention, or a relation with one value). A value
+    the question names (its own subject as another company's founder) is never put in."""
     old = qa["answers"][0]
-    choices = [] if old == ABSTAIN else swap_choices(pool, qa.get("relation"), old)
+    choices = [] if old == ABSTAIN else [a for a in swap_choices(pool, qa.get("relation"), old)
+                                         if a not in qa["question"]]
     if not choices:
         return qa, None
     new = rng.choice(choices)

@@ -405,3 +405,5 @@ def test_swap_question_gives_another_value_of_the_relation_and_swap_docs_rewrite
     assert rag.swap_question({**QA, "answers": [ABSTAIN]}, {"person.born_in": [ABSTAIN, "Miles"]}, rng)[1] is None
     assert rag.swap_question({**QA, "relation": "x.y"}, pool, rng) == ({**QA, "relation": "x.y"}, None)
     assert rag.swap_question(QA, {"person.born_in": ["Kiko"]}, rng) == (QA, None)
+    named = {**QA, "question": "Where was Miles Lovi born?"}  # Miles is in the question: not a new answer
+    assert rag.swap_question(named, pool, rng) == (named, None)
