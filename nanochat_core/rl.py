@@ -269,11 +269,9 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         n_drill = round(Q * p["rl_drill_frac"]) if drills else 0
         qs = ([(train_qs[rng.randrange(len(train_qs))], kb) for _ in range(Q - n_drill)]  # the same draws on every rank
               + [(drills[0][rng.randrange(len(drills[0]))], drills[1]) for _ in range(n_drill)])
-        if swap:  # a live counterfactual: a new answer, its group's in every document shown
-            qs = [(*swap_question(q, pool, rng), s) if s is kb and rng.random() < swap else (q, None, s)
-                  for q, s in qs]
-        else:
-            qs = [(q, None, s) for q, s in qs]
+        # a live counterfactual: a new answer, its group's in every document shown (at 0, no draws)
+        qs = [(*swap_question(q, pool, rng), s) if swap and s is kb and rng.random() < swap else (q, None, s)
+              for q, s in qs]
         mine = qs[rank::world]  # whole groups: each rank its own questions
         batch, rows = [], []
         model.eval()
