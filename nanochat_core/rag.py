@@ -65,8 +65,10 @@ def swap_choices(pool, relation, old):
 def swap_docs(docs, old, new, titles=True):
     """docs with every whole-word `old` in their text (and titles) replaced by `new`."""
     pat = re.compile(rf"(?<!\w){re.escape(old)}(?!\w)")
-    return [{**d, "text": pat.sub(new, d["text"]),
-             **({"title": pat.sub(new, d["title"])} if titles and d.get("title") else {})} for d in docs]
+    def sub(text):
+        return pat.sub(lambda m: new, text)  # a function: a backslash in `new` is text, not a template
+    return [{**d, "text": sub(d["text"]), **({"title": sub(d["title"])} if titles and d.get("title") else {})}
+            for d in docs]
 
 
 def swap_question(qa, pool, rng):

@@ -401,6 +401,7 @@ def test_swap_question_gives_another_value_of_the_relation_and_swap_docs_rewrite
     assert QA["answers"] == ["Kiko"]
     docs = rag.swap_docs([{"id": "c", "title": "Kiko", "text": "Kiko is a city. Kikoland is not."}], "Kiko", "Miles")
     assert docs == [{"id": "c", "title": "Miles", "text": "Miles is a city. Kikoland is not."}]
+    assert rag.swap_docs(docs, "Miles", r"M\1 \g<0>")[0]["title"] == r"M\1 \g<0>"  # the new value is text, not a template
     # an abstention, an unknown relation or a relation with no other value: nothing to swap
     assert rag.swap_question({**QA, "answers": [ABSTAIN]}, {"person.born_in": [ABSTAIN, "Miles"]}, rng)[1] is None
     assert rag.swap_question({**QA, "relation": "x.y"}, pool, rng) == ({**QA, "relation": "x.y"}, None)

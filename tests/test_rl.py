@@ -373,7 +373,7 @@ def test_rl_swap_gives_each_group_one_live_counterfactual_and_rewards_the_new_an
     def rollouts(model, tok, qs, kb, *a, swaps=None, **k):
         calls.append(list(zip([q["answers"][0] for q in qs], swaps)))
         return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
-                 "documents": [[]], "citations": [], "prediction": (s[1] if i % 2 else s[0]) if s else q["answers"][0], "raw": "x"}
+                 "documents": [[]], "citations": [], "prediction": (s[1] if i % 4 == 1 else s[0]) if s else q["answers"][0], "raw": "x"}
                 for i, (q, s) in enumerate(zip(qs, swaps))]
 
     monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
@@ -386,7 +386,7 @@ def test_rl_swap_gives_each_group_one_live_counterfactual_and_rewards_the_new_an
     for target, (old, new) in rows:
         assert target == new != old and old in answers and new in answers
     assert all(rows[i] == rows[i + 1] for i in range(0, len(rows), 2))  # one swap per group
-    assert [h["reward_em"] for h in out["history"][1:]] == [0.5, 0.5]  # only the rows that wrote `new`
+    assert [h["reward_em"] for h in out["history"][1:]] == [0.25, 0.25]  # only the rows that wrote `new`, not `old`
     calls.clear()  # rl_swap_frac 0: no swaps, and the question's own answer is the right one
     out = rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_swap_frac": 0.0}, tmp_path / "rl", {})
     assert all(s is None for c in calls for _, s in c) and [h["reward_em"] for h in out["history"][1:]] == [1.0, 1.0]
@@ -410,17 +410,18 @@ def test_swapped_rollouts_show_the_new_answer_in_every_block_and_leave_other_row
     torch.manual_seed(0)
     model = BiasedGPT(tiny_config(tok), after=after).eval()
     cities = [e.name for e in world.entities.values() if e.type == "city" and e.name != city]
-    qs = qs[:2]
+    qs = [{**qs[0], "question": f"Who was born in {city}?"}, qs[1]]  # hop 1 shows the city too
     plain = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6)
     swaps = [(city, cities[0]), None]
     rows = refrag_rollouts(model, tok, qs, kb, k=2, max_hops=2, max_new_tokens=6, swaps=swaps)
     old = re.compile(rf"(?<!\w){re.escape(city)}(?!\w)")
     blocks = rows[0]["documents"]
-    assert len(blocks) == 2 and any(cities[0] in d["text"] for d in blocks[1])  # the city's own search
+    assert len(blocks) == 2 and all(any(cities[0] in d["text"] for d in b) for b in blocks)  # hop 1 and the search
     assert not any(old.search(f"{d['title']} {d['text']}") for b in blocks for d in b)
     for pb, sb in zip(plain[0]["documents"], blocks):  # the same documents, rewritten
         assert [d["id"] for d in pb] == [d["id"] for d in sb]
         assert [old.sub(cities[0], d["text"]) for d in pb] == [d["text"] for d in sb]
-    assert not old.search(tok.decode(rows[0]["prompt"] + rows[0]["tokens"]).replace(f"<|search_start|> {city}", ""))
+    shown_text = tok.decode(rows[0]["prompt"] + rows[0]["tokens"]).split("<|user_end|>", 1)[1]  # after the question
+    assert not old.search(shown_text.replace(f"<|search_start|> {city}", "")) and cities[0] in shown_text
     assert (rows[1]["prompt"], rows[1]["tokens"], rows[1]["documents"]) == (
         plain[1]["prompt"], plain[1]["tokens"], plain[1]["documents"])
