@@ -278,12 +278,12 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         for i, src in enumerate([kb] + ([drills[1]] if drills else [])):  # per KB, in passes of rl_rows_per_pass rows
             b = [(q, sw) for q, sw, s in mine if s is src for _ in range(G)]
             for j in range(0, len(b), per_pass):  # a few rows at a time: on a CPU that beats one wide batch
-                chunk = b[j:j + per_pass]
-                batch += [q for q, _ in chunk]
-                rows += refrag_rollouts(model, tokenizer, [q for q, _ in chunk], src, p["k"], p["retriever"],
+                chunk, swaps = zip(*b[j:j + per_pass])
+                batch += chunk
+                rows += refrag_rollouts(model, tokenizer, list(chunk), src, p["k"], p["retriever"],
                                         p["max_hops"], p["rl_max_new_tokens"], temperature=p["rl_temperature"],
                                         seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i + 15_485_863 * j,
-                                        copy=p["rl_copy_guard"], swaps=[sw for _, sw in chunk])
+                                        copy=p["rl_copy_guard"], swaps=list(swaps))
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)
