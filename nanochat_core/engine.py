@@ -210,7 +210,7 @@ class Engine:
         if self.guard:
             self.guard.reset()
             self._shown = {}  # row -> (own_from, the text it was shown), recomputed after each forced block
-        done = [False] * B
+        done = self.done = [False] * B  # generate_batch reads it: a stopped row's later tokens are padding
         last = [0] * B
         own = [0] * B  # tokens each row sampled itself since its last tool call
         while not all(done):
@@ -304,10 +304,12 @@ class Engine:
         out = [[] for _ in range(B)]
         masks = [[] for _ in range(B)]
         finished = [False] * B
+        stopped = [False] * B  # a row out of tokens repeats its last one with mask 0 until every row is done
         for tokens, ms in self.generate(prompts, max_tokens, **kw):
             for b in range(B):
-                if finished[b]:
+                if stopped[b]:
                     continue
+                stopped[b] = self.done[b]
                 if ms[b] == 1 and tokens[b] in stop:
                     finished[b] = True
                     continue

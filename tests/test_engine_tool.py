@@ -89,6 +89,28 @@ def test_at_max_tool_calls_the_search_markers_are_masked_out(tok):
     assert all(m == 1 for m in masks[0][-len(after):])  # the model's own tokens: it had to answer
 
 
+def test_a_row_out_of_tokens_returns_only_what_it_sampled(tok):
+    """generate_batch drops the padding a stopped row gets while the others run on (a copy of its
+    last token, mask 0): RL's backward would otherwise score rows of that padded length."""
+    sp = tok.encode_special
+    q, ans = tok.encode(" Ada"), tok.encode(" Paris")
+    # row 0 repeats " Paris" for ever (never stops); row 1 searches, reads a block, then answers
+    script = {sp("<|assistant_start|>"): sp("<|search_start|>"), sp("<|search_start|>"): q[0],
+              q[0]: sp("<|search_end|>"), sp("<|documents_end|>"): ans[0], ans[0]: ans[0],
+              sp("<|user_end|>"): ans[0]}
+    model = ScriptedGPT(GPTConfig(vocab_size=tok.get_vocab_size(), n_layer=1, n_embd=32, n_head=2, n_kv_head=2,
+                                  block_pattern="T"), script).eval()
+    docs = [{"id": "d1", "title": "Ada", "text": "Ada was born in Paris."}]
+    eng = Engine(model, tok, tool=lambda query, row: tok.encode_documents(docs), max_tool_calls=1)
+    row0 = tok.render_for_completion([{"role": "user", "content": "Where?"}])[:-1]  # ends at user_end
+    row1 = tok.render_for_completion([{"role": "user", "content": "Where was Ada born?"}])
+    out, masks = eng.generate_batch([row0, row1], max_tokens=4, stop_tokens=[sp("<|assistant_end|>")])
+    assert out[0] == ans * 4 and masks[0] == [1] * 4 and eng.finished == [False, False]
+    forced = tok.encode_documents(docs)
+    assert out[1] == [sp("<|search_start|>"), q[0], sp("<|search_end|>")] + forced + ans * 4
+    assert masks[1] == [1, 1, 1] + [0] * len(forced) + [1] * 4
+
+
 def test_engine_rejects_empty_prompt():
     model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=2))
     with pytest.raises(ValueError, match="at least one token"):
