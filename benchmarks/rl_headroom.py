@@ -62,12 +62,12 @@ def main(argv=None):
     qs = [q for q in read_jsonl(split) if q["type"] in p["rl_question_types"] and len(q["hops"]) <= p["max_hops"]]
     rp = {**p, "max_new_tokens": p["rl_max_new_tokens"]}
     report = {"checkpoint": str(ckpt), "step": meta.get("step"), "split": a.split, "group": a.group, "by": a.by,
-              "copy_guard": p["rl_copy_guard"], "top_k": p["rl_top_k"],
+              "copy_guard": p["rl_copy_guard"],
               "documents_seed": params["documents"]["seed"], "machine": platform.node(),
               "by_temperature": {}}
     for t in a.temperatures:
         t0 = time.time()
-        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed, copy=p["rl_copy_guard"], top_k=p["rl_top_k"] or None,
+        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed, copy=p["rl_copy_guard"],
                         key=None if a.by == "type" else lambda q: f"{q['type']} {q.get('relation', '')}")
         report["by_temperature"][str(t)] = rows
         print(f"temperature {t} ({time.time() - t0:.0f}s):")

@@ -68,10 +68,9 @@ def main(argv=None):
     def backward(per_pass):  # the gradient of one step, the old way (None) or train_rl's
         model.zero_grad(set_to_none=True)
         if per_pass is None:  # one pass over every row, flat ones too: what train_rl did before passes
-            rl.policy_loss(model, rows, adv, pad, None, p["rl_temperature"], banned, p["rl_top_k"] or None)[0].backward()
+            rl.policy_loss(model, rows, adv, pad, None, p["rl_temperature"], banned)[0].backward()
         else:
-            rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass,
-                               top_k=p["rl_top_k"] or None)
+            rl.policy_backward(model, rows, adv, pad, None, p["rl_temperature"], banned, rows_per_pass=per_pass)
         return [torch.zeros_like(q) if q.grad is None else q.grad.clone() for q in model.parameters()]
 
     steps = []
@@ -80,8 +79,7 @@ def main(argv=None):
         model.eval()
         roll = in_turns(s, lambda n: [r for j in range(0, len(batch), n) for r in refrag_rollouts(
             model, tok, batch[j:j + n], kb, p["k"], p["retriever"], p["max_hops"], p["rl_max_new_tokens"],
-            temperature=p["rl_temperature"], seed=s * 1009 + j, copy=p["rl_copy_guard"], top_k=p["rl_top_k"] or None)],
-            (len(batch), R))
+            temperature=p["rl_temperature"], seed=s * 1009 + j, copy=p["rl_copy_guard"])], (len(batch), R))
         rows = roll[R][0]  # both backwards score the passes' rows
         model.train()
         adv = rl.group_advantages([rl.reward(q, r, w)["reward"] for q, r in zip(batch, rows)], G)

@@ -89,7 +89,7 @@ def rag_prompts(tokenizer, questions, kb, k, retriever, swaps=None):
 
 
 def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_hops=3, max_new_tokens=48,
-                    temperature=0.0, seed=0, copy=False, swaps=None, top_k=None):
+                    temperature=0.0, seed=0, copy=False, swaps=None):
     """REFRAG on one batch of questions, question first. Returns one dict per question:
     prompt (token ids), tokens and masks (what followed the prompt, mask 1 = sampled by the
     model, 0 = a forced documents block; the closing <|assistant_end|> included when the
@@ -97,8 +97,7 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
     markers were masked out of sampling, at the hop limit; len(tokens) if never), prediction,
     raw, citations, documents (one list per block, hop 1 first), queries (hop 1's is the
     question) and allowed (copy=True: the engine's copy guard, {index in tokens: the ids it
-    allowed there}). temperature 0 is greedy; RL samples at 1.0 with `seed` (from the top_k
-    ids alone when given). swaps: one (old, new)
+    allowed there}). temperature 0 is greedy; RL samples at 1.0 with `seed`. swaps: one (old, new)
     or None per question, rewritten in every document that question's blocks show (RL's live
     counterfactual, rag.swap_question)."""
     end = tokenizer.encode_special("<|assistant_end|>")
@@ -107,7 +106,7 @@ def refrag_rollouts(model, tokenizer, questions, kb, k=3, retriever="bm25", max_
                     max_tool_calls=max_hops - 1, copy=copy)
     # max_new_tokens for each follow-up query and for the answer
     toks, masks = engine.generate_batch(prompts, max_new_tokens, stop_tokens=[end], temperature=temperature,
-                                        seed=seed, top_k=top_k)
+                                        seed=seed)
     out = []
     for b, q in enumerate(questions):
         text = final_text(tokenizer, toks[b], masks[b])

@@ -98,13 +98,12 @@ def group_advantages(rewards, group_size):
     return adv.masked_fill((r.max(1).values == r.min(1).values)[:, None], 0.0).view(-1)
 
 
-def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=(), top_k=None):
+def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=()):
     """The policy that sampled `rows` (prompt + tokens + masks + limit_from each), scored in one
     padded forward pass: (log-probs (N, V) at the N sampled tokens, those tokens (N,), keep (B, T),
     the mask of where they are). As in the engine, logits / temperature, and banned_ids (the
     search markers) get -inf from each row's limit_from on, where the engine masked them too;
-    where the engine's copy guard constrained a token (row["allowed"]), every other id gets -inf;
-    with top_k, as engine.sample_next, every id below the k-th largest of what is left gets -inf."""
+    where the engine's copy guard constrained a token (row["allowed"]), every other id gets -inf."""
     x, y, _ = pad_batch([(r["prompt"] + r["tokens"], [0] * len(r["prompt"]) + r["masks"]) for r in rows], pad_id)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
@@ -128,17 +127,14 @@ def policy_logprobs(model, rows, pad_id, temperature=1.0, banned_ids=(), top_k=N
                 guard[n] = float("-inf")
                 guard[n, ids] = 0.0
         logits = logits + guard
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
     return F.log_softmax(logits, dim=-1), y[keep], keep
 
 
-def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=(), top_k=None):
+def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=()):
     """REINFORCE loss over `rows` (refrag_rollouts rows): -sum(advantage x log-prob) over the
     sampled tokens, / their count, under the policy that sampled them (policy_logprobs). Also
     returns the mean entropy of the policy at those tokens (a health metric, no gradient)."""
-    logp, tokens, keep = policy_logprobs(model, rows, pad_id, temperature, banned_ids, top_k)
+    logp, tokens, keep = policy_logprobs(model, rows, pad_id, temperature, banned_ids)
     tok_logp = logp.gather(1, tokens[:, None])[:, 0]  # (N,)
     adv = advantages.to(logp.device)[:, None].expand_as(keep)[keep]  # each token gets its rollout's advantage
     n = max(int(keep.sum()) if n_tokens is None else n_tokens, 1)  # n_tokens: all ranks' count under torchrun
@@ -148,8 +144,7 @@ def policy_loss(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0,
     return loss, entropy
 
 
-def policy_backward(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=(), rows_per_pass=8,
-                    top_k=None):
+def policy_backward(model, rows, advantages, pad_id, n_tokens=None, temperature=1.0, banned_ids=(), rows_per_pass=8):
     """policy_loss(...).backward() over all `rows`, in passes of at most rows_per_pass rows
     (None: one pass) sorted by length, so each pass pads to its own longest row. Rows whose
     advantage is 0 (a flat group: every rollout got the same reward) add nothing to the gradient,
@@ -169,8 +164,7 @@ def policy_backward(model, rows, advantages, pad_id, n_tokens=None, temperature=
         for i in range(0, len(group), step):
             idx = group[i:i + step]
             with torch.set_grad_enabled(grad):
-                part_loss, e = policy_loss(model, [rows[j] for j in idx], adv[idx], pad_id, n, temperature, banned_ids,
-                                           top_k)
+                part_loss, e = policy_loss(model, [rows[j] for j in idx], adv[idx], pad_id, n, temperature, banned_ids)
                 if grad:
                     part_loss.backward()
             loss += part_loss.item()
@@ -194,8 +188,7 @@ def val_em(model, tokenizer, questions, kb, p, mode="refrag", batch_size=32, cop
     return out
 
 
-def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8, key=None, copy=False,
-             top_k=None):
+def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0, batch_size=8, key=None, copy=False):
     """What RL could reach from `model`: per question type (or per key(question)), greedy REFRAG
     EM, the mean EM of group_size samples at `temperature`, pass@G (some sample right) and
     grounded pass@G (some sample right with every gold document shown, so not a lucky guess).
@@ -208,7 +201,7 @@ def headroom(model, tokenizer, questions, kb, p, group_size, temperature, seed=0
         qs = questions[i:i + batch_size]
         greedy = refrag_rollouts(model, tokenizer, qs, *args, copy=copy)
         samples = refrag_rollouts(model, tokenizer, [q for q in qs for _ in range(group_size)], *args,
-                                  temperature=temperature, seed=seed * 100_003 + i, copy=copy, top_k=top_k)
+                                  temperature=temperature, seed=seed * 100_003 + i, copy=copy)
         for j, q in enumerate(qs):
             group = samples[j * group_size:(j + 1) * group_size]
             ems = [exact_match(r["prediction"], q["answers"]) for r in group]
@@ -290,7 +283,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
                 rows += refrag_rollouts(model, tokenizer, list(chunk), src, p["k"], p["retriever"],
                                         p["max_hops"], p["rl_max_new_tokens"], temperature=p["rl_temperature"],
                                         seed=p["rl_seed"] * 100_003 + step + 7919 * rank + 104_729 * i + 15_485_863 * j,
-                                        copy=p["rl_copy_guard"], swaps=list(swaps), top_k=p["rl_top_k"] or None)
+                                        copy=p["rl_copy_guard"], swaps=list(swaps))
         model.train()
         parts = [reward(q, r, w) for q, r in zip(batch, rows)]
         adv = group_advantages([x["reward"] for x in parts], G)
@@ -302,7 +295,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
         if world > 1:  # normalize by every rank's sampled tokens, then sum the gradients: one big batch
             n_tokens = int(_all_sum(torch.tensor([float(sum(sum(r["masks"]) for r in rows))], device=device)))
         loss, entropy = policy_backward(model, rows, adv, pad, n_tokens, p["rl_temperature"], banned,
-                                        per_pass, p["rl_top_k"] or None) if rows else (0.0, 0.0)
+                                        per_pass) if rows else (0.0, 0.0)
         for prm in model.parameters():  # no gradient (every group flat) steps as a zero one: Adam's moments still move
             if prm.grad is None:
                 prm.grad = torch.zeros_like(prm)

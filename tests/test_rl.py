@@ -21,7 +21,7 @@ RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar
         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
-        "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0, "rl_top_k": 0}
+        "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0}
 
 
 class _Tok:  # what train_rl asks of a tokenizer
@@ -248,7 +248,7 @@ def test_headroom_counts_greedy_samples_and_grounded_passes(monkeypatch):
         (True, "q1"): [("x", True), ("Kikoland", True), ("y", False), ("", True)],
         (True, "q2"): [("Kikoland", False), ("z", True), ("z", True), ("z", True)]}
 
-    def rollouts(model, tok, qs, kb, *a, temperature=0.0, seed=0, copy=False, top_k=None):
+    def rollouts(model, tok, qs, kb, *a, temperature=0.0, seed=0, copy=False):
         seen, out = {}, []
         for q in qs:
             i = seen[q["id"]] = seen.get(q["id"], -1) + 1
@@ -327,67 +327,6 @@ def test_rollouts_under_the_copy_guard_are_scored_under_the_guarded_policy():
         assert not torch.all(free.gather(1, chosen[:, None])[:, 0] >= free.max(dim=-1).values - 1e-4)
         logp, chosen, _ = policy_logprobs(model, sampled, tok.get_bos_token_id(), 1.0, banned)
         assert torch.isfinite(logp.gather(1, chosen[:, None])).all()
-
-
-def test_top_k_rollouts_sample_and_are_scored_from_the_k_likeliest_ids_alone():
-    """rl_top_k: the engine samples from the k likeliest ids (after the guard and the limit's
-    masks), and policy_logprobs scores that truncated policy. At k=1 sampling is greedy decoding
-    token for token and every sampled token has log-prob 0; at k=2 each scored position keeps at
-    most 2 finite ids (no ties in float logits here), every sampled token among them, and the
-    whole softmax gives the same tokens lower log-probs."""
-    from fakes import BiasedGPT, tiny_config, tiny_world
-
-    from nanochat_core.engine import LIMIT_MASKED
-    from nanochat_core.inference import refrag_rollouts
-    from nanochat_core.rl import policy_logprobs
-    world, kb, tok, qs = tiny_world(3, 4, 4)
-    sp = tok.encode_special
-    banned = [sp(t) for t in LIMIT_MASKED]
-    pad = tok.get_bos_token_id()
-    torch.manual_seed(3)
-    model = BiasedGPT(tiny_config(tok), always={sp("<|search_end|>"): 3.0},
-                      after={sp("<|assistant_start|>"): sp("<|search_start|>")}).eval()
-    args = (model, tok, qs, kb)
-    kw = {"k": 2, "max_hops": 2, "max_new_tokens": 8, "copy": True}
-    greedy = refrag_rollouts(*args, **kw)
-    top1 = refrag_rollouts(*args, **kw, temperature=1.0, seed=11, top_k=1)
-    assert [r["tokens"] for r in top1] == [r["tokens"] for r in greedy]
-    top2 = refrag_rollouts(model, tok, qs * 3, kb, **kw, temperature=1.0, seed=11, top_k=2)
-    full = refrag_rollouts(model, tok, qs * 3, kb, **kw, temperature=1.0, seed=11)
-    assert [r["tokens"] for r in top2] != [r["tokens"] for r in full]  # the truncation changed some draw
-    with torch.no_grad():
-        logp, chosen, _ = policy_logprobs(model, top1, pad, 1.0, banned, top_k=1)
-        assert torch.all(logp.gather(1, chosen[:, None])[:, 0] == 0.0)
-        logp, chosen, _ = policy_logprobs(model, top2, pad, 1.0, banned, top_k=2)
-        picked = logp.gather(1, chosen[:, None])[:, 0]
-        assert torch.isfinite(picked).all() and int(torch.isfinite(logp).sum(-1).max()) <= 2
-        whole, _, _ = policy_logprobs(model, top2, pad, 1.0, banned)
-        assert torch.all(whole.gather(1, chosen[:, None])[:, 0] <= picked + 1e-6)
-        assert torch.any(whole.gather(1, chosen[:, None])[:, 0] < picked - 1e-3)
-
-
-def test_train_rl_passes_rl_top_k_to_its_rollouts_and_its_loss(monkeypatch, tmp_path):
-    """The rollouts and the backward get the same top_k (None at rl_top_k 0: the whole softmax)."""
-    from nanochat_core import rl
-    seen = []
-
-    def rollouts(model, tok, qs, kb, *a, top_k="unset", **k):
-        seen.append(("rollouts", top_k))
-        return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
-                 "documents": [[]], "citations": [], "prediction": "x", "raw": "x"} for q in qs]
-
-    def backward(model, rows, adv, pad, n, temperature, banned, per_pass, top_k="unset"):
-        seen.append(("backward", top_k))
-        return 0.0, 0.0
-
-    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
-    monkeypatch.setattr(rl, "policy_backward", backward)
-    monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
-    qs = [{**Q, "id": f"r{i}"} for i in range(4)]
-    for k, want in ((5, 5), (0, None)):
-        seen.clear()
-        rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_top_k": k}, tmp_path / "rl", {})
-        assert {x for x in seen} == {("rollouts", want), ("backward", want)}
 
 
 def test_rl_ema_judges_and_keeps_the_average_while_rollouts_sample_the_live_weights(monkeypatch, tmp_path):
