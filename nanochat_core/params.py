@@ -72,7 +72,7 @@ DEFAULTS = {
         "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
         "rl_drill_frac": 0.0, "rl_swap_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": True, "rl_ema": 0.0,
-        "rl_rows_per_pass": 8,
+        "rl_rows_per_pass": 8, "rl_balance_relations": False,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,

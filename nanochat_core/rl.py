@@ -83,6 +83,26 @@ def chain_shown(q, blocks):
     return bool(gold) and gold <= {d["id"] for block in blocks for d in block}
 
 
+def question_sampler(questions, balance, rng):
+    """A function drawing one of `questions` with `rng`: uniformly, or with balance a type as often
+    as uniformly (by its share of the questions) but then each of that type's relations equally
+    often, whatever its count. Why: the RL people's questions are mostly a few relations the
+    warm-up already reads well (person.born_in.located_in), while founder chains, which it reads
+    worst (world 1337 val 2-hop EM 0.12 against 0.82), are few; flat groups teach nothing."""
+    if not balance:
+        return lambda: questions[rng.randrange(len(questions))]
+    strata = {}
+    for q in questions:
+        strata.setdefault(q["type"], {}).setdefault(q.get("relation"), []).append(q)
+    strata = {t: list(rels.values()) for t, rels in strata.items()}
+
+    def draw():
+        rels = strata[questions[rng.randrange(len(questions))]["type"]]
+        bucket = rels[rng.randrange(len(rels))]
+        return bucket[rng.randrange(len(bucket))]
+    return draw
+
+
 def _all_sum(t):
     if dist.is_initialized():
         dist.all_reduce(t)
@@ -243,6 +263,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     G, Q, total, per_pass = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"], p["rl_rows_per_pass"]
     swap = p["rl_swap_frac"]
     pool = answer_pool(train_qs) if swap else {}  # each relation's answers: what a swap may put in
+    draw = question_sampler(train_qs, p["rl_balance_relations"], rng)
     history = []
     rank, world = rank_world()
 
@@ -267,7 +288,7 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     model.train()
     for step in range(1, total + 1):
         n_drill = round(Q * p["rl_drill_frac"]) if drills else 0
-        qs = ([(train_qs[rng.randrange(len(train_qs))], kb) for _ in range(Q - n_drill)]  # the same draws on every rank
+        qs = ([(draw(), kb) for _ in range(Q - n_drill)]  # the same draws on every rank
               + [(drills[0][rng.randrange(len(drills[0]))], drills[1]) for _ in range(n_drill)])
         # a live counterfactual: a new answer, its group's in every document shown (at 0, no draws)
         qs = [(*swap_question(q, pool, rng), s) if swap and s is kb and rng.random() < swap else (q, None, s)

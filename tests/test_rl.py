@@ -5,7 +5,7 @@ import torch
 
 from nanochat_core.data.world import ABSTAIN
 from nanochat_core.model import GPT, GPTConfig
-from nanochat_core.rl import group_advantages, policy_loss, reward
+from nanochat_core.rl import group_advantages, policy_loss, question_sampler, reward
 
 W = {"em": 1.0, "citation": 0.2, "unsupported": 0.3, "wrong": 0.0, "format": 0.5, "retrieval": 0.0}
 Q = {"type": "2hop", "question": "In which country was Ada Lovi born?", "answers": ["Kikoland"]}
@@ -21,7 +21,8 @@ RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar
         "rl_questions_per_step": 4, "rl_temperature": 1.0, "rl_lr_frac": 0.05, "rl_eval_every": 10,
         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
-        "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0}
+        "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0,
+        "rl_balance_relations": False}
 
 
 class _Tok:  # what train_rl asks of a tokenizer
@@ -197,6 +198,26 @@ def test_rl_keys_do_not_restart_the_warm_up():
     key = lambda p: resume_key(p, ["refrag_finetune"], "parent")
     assert key(a) == key(b)
     assert key(a) != key(c)
+
+
+def test_balanced_sampler_keeps_type_shares_and_draws_each_relation_of_a_type_equally():
+    """A pool of 2-hop questions, 90 of relation a and 10 of b, and 100 unanswerable ones of c:
+    balanced draws keep the types half and half but give a and b a quarter each; unbalanced
+    draws are exactly the old uniform ones (the same rng calls), so existing runs reproduce."""
+    import collections
+    import random
+    qs = ([{"id": f"a{i}", "type": "2hop", "relation": "a"} for i in range(90)]
+          + [{"id": f"b{i}", "type": "2hop", "relation": "b"} for i in range(10)]
+          + [{"id": f"c{i}", "type": "unanswerable", "relation": "c"} for i in range(100)])
+    draw = question_sampler(qs, True, random.Random(0))
+    n = 20000
+    got = collections.Counter(draw()["relation"] for _ in range(n))
+    assert got["c"] / n == pytest.approx(0.5, abs=0.02)
+    assert got["a"] / n == pytest.approx(0.25, abs=0.02) and got["b"] / n == pytest.approx(0.25, abs=0.02)
+    assert len({q["id"] for q in (draw() for _ in range(2000)) if q["relation"] == "b"}) == 10  # every b question drawn
+    old, rng = random.Random(1), random.Random(1)
+    plain = question_sampler(qs, False, rng)
+    assert [plain()["id"] for _ in range(50)] == [qs[old.randrange(len(qs))]["id"] for _ in range(50)]
 
 
 def test_retrieval_reward_needs_every_gold_document_shown():
