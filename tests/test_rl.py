@@ -1,5 +1,8 @@
 """REFRAG's RL: the reward table (adversarial cases included), group advantages, zero
 gradient on tokens the model did not sample, and a toy reward that RL learns."""
+import collections
+import random
+
 import pytest
 import torch
 
@@ -204,8 +207,6 @@ def test_balanced_sampler_keeps_type_shares_and_draws_each_relation_of_a_type_eq
     """A pool of 2-hop questions, 90 of relation a and 10 of b, and 100 unanswerable ones of c:
     balanced draws keep the types half and half but give a and b a quarter each; unbalanced
     draws are exactly the old uniform ones (the same rng calls), so existing runs reproduce."""
-    import collections
-    import random
     qs = ([{"id": f"a{i}", "type": "2hop", "relation": "a"} for i in range(90)]
           + [{"id": f"b{i}", "type": "2hop", "relation": "b"} for i in range(10)]
           + [{"id": f"c{i}", "type": "unanswerable", "relation": "c"} for i in range(100)])
