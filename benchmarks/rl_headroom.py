@@ -1,7 +1,7 @@
 """How much REFRAG's RL could gain from a checkpoint: greedy EM against what its own samples reach.
 
     python -m benchmarks.rl_headroom [--checkpoint checkpoints/refrag_sft] [--group 8]
-                                     [--temperatures 0.5 1.0] [--split val] [--by relation] [--out PATH]
+                                     [--temperatures 0.5 1.0] [--split val] [--by relation|hop1] [--out PATH]
 
 For every question of refrag_finetune.rl_question_types in the split, per type: greedy REFRAG EM,
 the mean EM of --group samples at each temperature, pass@G (some sample right) and grounded
@@ -9,7 +9,11 @@ pass@G (some sample right with the question's whole gold chain shown, so not a l
 among a few dozen cities). REINFORCE with a group baseline can only move probability toward
 answers its samples find, so where greedy EM is close to grounded pass@G there is little for it
 to learn. --by relation splits each type by the question's relation chain (say
-company.founded_by.born_in; the same rollouts), which shows where the samples never reach. Paths
+company.founded_by.born_in; the same rollouts), which shows where the samples never reach. --by
+hop1 splits each type by whether hop 1 (the question's own top-k, the same in every rollout)
+already shows the answer's document: the search that follows then brings only other documents,
+and the answer must be read from an earlier block (a real world lists a company's employees and
+a city's natives, so this is common; the drill world's 3,000 people are rarely listed). Paths
 come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
 clone's. Writes a JSON report (default benchmarks/results/rl_headroom.json).
 """
@@ -22,16 +26,26 @@ from benchmarks import report_path
 from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
 
 
+def hop1_key(questions, kb, k, retriever):
+    """key(question) -> "<type> answer in hop 1" when the question's own top-k (REFRAG's hop 1)
+    holds the document of its last hop, else "<type> answer not in hop 1"."""
+    from nanochat_core.rag import retrieve
+    hop1 = retrieve(kb, [q["question"] for q in questions], k, retriever) if questions else []
+    shown = {q["id"]: bool(set(q["gold_doc_ids"][-1]) & {d["id"] for d in docs}) for q, docs in zip(questions, hop1)}
+    return lambda q: f"{q['type']} answer {'in' if shown[q['id']] else 'not in'} hop 1"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose dvc.yaml, params and data to use")
     ap.add_argument("--checkpoint", help="checkpoint dir (default: refrag_finetune's --sft, the RL warm-up)")
     ap.add_argument("--group", type=int, default=8, help="samples per question (RL's group size)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1.0])
-    ap.add_argument("--split", choices=["val", "test"], default="val")
+    ap.add_argument("--split", choices=["val", "test", "rl"], default="val",
+                    help="rl: the RL people's questions (data/qa/rl.jsonl, documents.world.rl_fraction > 0), RL's own")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--by", choices=["type", "relation"], default="type", help="rows per question type, or per "
-                    "type and relation chain")
+    ap.add_argument("--by", choices=["type", "relation", "hop1"], default="type", help="rows per question type, or "
+                    "per type and relation chain, or per type and whether hop 1 already shows the answer's document")
     ap.add_argument("--out", type=Path, default=report_path("rl_headroom"))
     a = ap.parse_args(argv)
     if a.group < 1 or any(t <= 0 for t in a.temperatures):
@@ -52,9 +66,12 @@ def main(argv=None):
     p = params["refrag_finetune"]
     ckpt = Path(a.checkpoint) if a.checkpoint else paths["sft"]
     split = paths["qa"] / f"{a.split}.jsonl"
-    for f in (ckpt, split, paths["kb"]):
+    for f in (ckpt, paths["kb"], *([] if a.split == "rl" else [split])):
         if not f.exists():
             raise SystemExit(f"{f} does not exist; run `dvc repro refrag_finetune` in {root} first")
+    if not split.exists():
+        raise SystemExit(f"{split} does not exist: the world has no RL people; set documents.world.rl_fraction > 0 "
+                         f"in {root / 'params.yaml'} and run `dvc repro refrag_finetune`")
     tok = Tokenizer.load(paths["tokenizer"] / "tokenizer.json")
     device = resolve_device(p["device"])
     model, meta = load_model(ckpt, tok, device)
@@ -65,10 +82,11 @@ def main(argv=None):
               "copy_guard": p["rl_copy_guard"],
               "documents_seed": params["documents"]["seed"], "machine": platform.node(),
               "by_temperature": {}}
+    key = (hop1_key(qs, kb, p["k"], p["retriever"]) if a.by == "hop1" else
+           (lambda q: f"{q['type']} {q.get('relation', '')}") if a.by == "relation" else None)
     for t in a.temperatures:
         t0 = time.time()
-        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed, copy=p["rl_copy_guard"],
-                        key=None if a.by == "type" else lambda q: f"{q['type']} {q.get('relation', '')}")
+        rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed, copy=p["rl_copy_guard"], key=key)
         report["by_temperature"][str(t)] = rows
         print(f"temperature {t} ({time.time() - t0:.0f}s):")
         width = max(map(len, rows), default=0)
