@@ -1,7 +1,7 @@
 """RL alone from a clone's warm-up, once per rl_seed, each kept step judged on test as `evaluate` judges it.
 
     python -m benchmarks.rl_runs [--root CLONE] [--seeds 45 46] [--set refrag_finetune.KEY=VALUE ...]
-                                 [--train-on train|val] [--work DIR] [--out PATH]
+                                 [--train-on train|val] [--work DIR] [--warm-up-only] [--out PATH]
 
 After `dvc repro refrag_finetune`, runs refrag_finetune's RL phase (`stages.refrag_rl`, the
 pipeline's own code) from the clone's warm-up checkpoint with --set overrides, once per seed
@@ -17,7 +17,8 @@ holds REFRAG mode's single-hop and abstention to the same checkpoint's RAG mode.
 Why: issue 11's point 2 is "RL beats its warm-up by >= 0.05, two seeds", and a setting costs one
 RL phase per seed, not a whole `dvc repro`. --train-on val is a probe, not a setting: RL trains on
 the val questions (held-out people, like test) and val still picks the step, so it selects
-nothing fairly; the report marks it. Checkpoints go to --work (a temporary directory by
+nothing fairly; the report marks it. --warm-up-only scores the warm-up and runs no RL (to compare
+warm-ups). Checkpoints go to --work (a temporary directory by
 default). Writes a JSON report (default benchmarks/results/rl_runs.json).
 """
 import argparse
@@ -83,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--train-on", choices=["train", "val"], default="train",
                     help="val: a probe that trains on the val questions (selects nothing fairly)")
     ap.add_argument("--work", type=Path, help="where the RL checkpoints go (default: a temporary directory)")
+    ap.add_argument("--warm-up-only", action="store_true", help="score the warm-up on test and run no RL")
     ap.add_argument("--out", type=Path, default=report_path("rl_runs"))
     a = ap.parse_args(argv)
     offline_env()
@@ -97,6 +99,8 @@ def main(argv=None):
     root = a.root.resolve()
     paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
     params = load_params(root / "params.yaml")
+    if a.warm_up_only and (a.seeds or a.set):
+        ap.error("--warm-up-only runs no RL: leave out --seeds and --set")
     for kv in a.set:
         if kv.partition("=")[0] == "refrag_finetune.rl_seed":
             ap.error(f"--set {kv}: give RL's seeds with --seeds")
@@ -118,7 +122,7 @@ def main(argv=None):
     if params["distributed"]["nproc_per_node"] * params["distributed"]["nnodes"] > 1:
         print("rl_runs: runs in one process; the pipeline's RL under torchrun splits its rollouts over ranks, "
               "so the same rl_seed samples differently here", flush=True)
-    seeds = a.seeds or [params["refrag_finetune"]["rl_seed"]]
+    seeds = [] if a.warm_up_only else a.seeds or [params["refrag_finetune"]["rl_seed"]]
     tok_path = paths["tokenizer"] / "tokenizer.json"
     tok = Tokenizer.load(tok_path)
     kb = KnowledgeBase.load(paths["kb"])

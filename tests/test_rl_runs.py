@@ -49,6 +49,13 @@ def test_rl_seed_goes_through_seeds_not_set(capsys):
     assert e.value.code == 2 and "give RL's seeds with --seeds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [["--seeds", "45"], ["--set", "refrag_finetune.rl_steps=5"]])
+def test_warm_up_only_refuses_rl_arguments(extra, capsys):
+    with pytest.raises(SystemExit) as e:
+        rl_runs.main(["--warm-up-only", *extra])
+    assert e.value.code == 2 and "--warm-up-only runs no RL: leave out --seeds and --set" in capsys.readouterr().err
+
+
 def test_a_warm_up_from_other_params_or_code_is_refused(bare_clone):
     """RL's questions and rates come from params.yaml, so a warm-up trained under another
     refrag_finetune section (here: another seed) would not be the one those params describe."""
