@@ -1,7 +1,7 @@
 """How much REFRAG's RL could gain from a checkpoint: greedy EM against what its own samples reach.
 
     python -m benchmarks.rl_headroom [--checkpoint checkpoints/refrag_sft] [--group 8]
-                                     [--temperatures 0.5 1.0] [--split val] [--by relation|hop1] [--out PATH]
+                                     [--temperatures 0.5 1.0] [--split val|test|rl] [--by relation|hop1] [--out PATH]
 
 For every question of refrag_finetune.rl_question_types in the split, per type: greedy REFRAG EM,
 the mean EM of --group samples at each temperature, pass@G (some sample right) and grounded
@@ -31,7 +31,8 @@ def hop1_key(questions, kb, k, retriever):
     holds the document of its last hop, else "<type> answer not in hop 1"."""
     from nanochat_core.rag import retrieve
     hop1 = retrieve(kb, [q["question"] for q in questions], k, retriever) if questions else []
-    shown = {q["id"]: bool(set(q["gold_doc_ids"][-1]) & {d["id"] for d in docs}) for q, docs in zip(questions, hop1)}
+    last = lambda q: set(q["gold_doc_ids"][-1]) if q.get("gold_doc_ids") else set()  # none named: never shown
+    shown = {q["id"]: bool(last(q) & {d["id"] for d in docs}) for q, docs in zip(questions, hop1)}
     return lambda q: f"{q['type']} answer {'in' if shown[q['id']] else 'not in'} hop 1"
 
 

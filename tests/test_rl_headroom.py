@@ -41,3 +41,5 @@ def test_hop1_key_splits_by_whether_the_questions_own_top_k_shows_the_answer_doc
     key = rl_headroom.hop1_key([q, bridge_only], kb, 2, "bm25")
     assert key(q) == "2hop answer in hop 1" and key(bridge_only) == "2hop answer not in hop 1"
     assert rl_headroom.hop1_key([q], kb, 1, "bm25")(q) == "2hop answer not in hop 1"  # top-1 is Acme alone
+    unnamed = {**q, "id": "s", "gold_doc_ids": []}  # a question naming no gold document never counts as shown
+    assert rl_headroom.hop1_key([unnamed], kb, 3, "bm25")(unnamed) == "2hop answer not in hop 1"
