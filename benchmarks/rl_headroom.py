@@ -13,7 +13,7 @@ company.founded_by.born_in; the same rollouts), which shows where the samples ne
 hop1 splits each type by whether hop 1 (the question's own top-k, the same in every rollout)
 already shows the answer's document: the search that follows then brings only other documents,
 and the answer must be read from an earlier block (a real world lists a company's employees and
-a city's natives, so this is common; the drill world's 3,000 people are rarely listed). Paths
+a city's natives, so this is common; the drill world's many more people are rarely listed). Paths
 come from dvc.yaml (run `dvc repro refrag_finetune` first); --root reads another
 clone's. Writes a JSON report (default benchmarks/results/rl_headroom.json).
 """
