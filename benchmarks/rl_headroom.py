@@ -83,8 +83,11 @@ def main(argv=None):
               "copy_guard": p["rl_copy_guard"],
               "documents_seed": params["documents"]["seed"], "machine": platform.node(),
               "by_temperature": {}}
-    key = (hop1_key(qs, kb, p["k"], p["retriever"]) if a.by == "hop1" else
-           (lambda q: f"{q['type']} {q.get('relation', '')}") if a.by == "relation" else None)
+    key = None  # --by type: headroom's own rows
+    if a.by == "relation":
+        key = lambda q: f"{q['type']} {q.get('relation', '')}"  # noqa: E731
+    elif a.by == "hop1":
+        key = hop1_key(qs, kb, p["k"], p["retriever"])
     for t in a.temperatures:
         t0 = time.time()
         rows = headroom(model, tok, qs, kb, rp, a.group, t, seed=a.seed, copy=p["rl_copy_guard"], key=key)

@@ -87,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--warm-up-only", action="store_true", help="score the warm-up on test and run no RL")
     ap.add_argument("--out", type=Path, default=report_path("rl_runs"))
     a = ap.parse_args(argv)
+    if a.warm_up_only and (a.seeds or a.set):
+        ap.error("--warm-up-only runs no RL: leave out --seeds and --set")
     offline_env()
     from nanochat_core import dvcfile, stages
     from nanochat_core.checkpoint import checkpoint_hash, load_meta
@@ -99,8 +101,6 @@ def main(argv=None):
     root = a.root.resolve()
     paths = {k: root / v for k, v in dvcfile.stage_paths("refrag_finetune", dvcfile.load(root / "dvc.yaml")).items()}
     params = load_params(root / "params.yaml")
-    if a.warm_up_only and (a.seeds or a.set):
-        ap.error("--warm-up-only runs no RL: leave out --seeds and --set")
     for kv in a.set:
         if kv.partition("=")[0] == "refrag_finetune.rl_seed":
             ap.error(f"--set {kv}: give RL's seeds with --seeds")

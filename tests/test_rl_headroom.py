@@ -27,7 +27,6 @@ def test_bad_arguments_are_refused(args, capsys):
     assert e.value.code == 2 and "--group must be >= 1" in capsys.readouterr().err
 
 
-
 def test_hop1_key_splits_by_whether_the_questions_own_top_k_shows_the_answer_document():
     """--by hop1: the answer's document (the last hop's) on screen after hop 1, or not; the bridge's
     document alone does not count."""
