@@ -29,11 +29,9 @@ from nanochat_core.common import REPO_ROOT, atomic_write_json, offline_env
 def hop1_key(questions, kb, k, retriever):
     """key(question) -> "<type> answer in hop 1" when the question's own top-k (REFRAG's hop 1)
     holds the document of its last hop, else "<type> answer not in hop 1"."""
-    from nanochat_core.rag import retrieve
-    hop1 = retrieve(kb, [q["question"] for q in questions], k, retriever) if questions else []
-    last = lambda q: set(q["gold_doc_ids"][-1]) if q.get("gold_doc_ids") else set()  # none named: never shown
-    shown = {q["id"]: bool(last(q) & {d["id"] for d in docs}) for q, docs in zip(questions, hop1)}
-    return lambda q: f"{q['type']} answer {'in' if shown[q['id']] else 'not in'} hop 1"
+    from nanochat_core.rl import answer_in_hop1
+    shown = answer_in_hop1(questions, kb, k, retriever)
+    return lambda q: f"{q['type']} answer {'in' if q['id'] in shown else 'not in'} hop 1"
 
 
 def main(argv=None):

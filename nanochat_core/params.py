@@ -72,7 +72,7 @@ DEFAULTS = {
         "rl_eval_every": 20, "rl_max_new_tokens": 24, "rl_question_types": ["2hop", "3hop", "single", "unanswerable"],
         "rl_drill_frac": 0.0, "rl_swap_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3, "rl_penalty_wrong": 0.0,
         "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": True, "rl_ema": 0.0,
-        "rl_rows_per_pass": 8, "rl_balance_relations": False,
+        "rl_rows_per_pass": 8, "rl_balance_relations": False, "rl_hop1_frac": 0.0,
     },
     "evaluate": {
         "seed": 0, "max_questions_per_type": 0, "k": 3, "max_hops": 3, "max_new_tokens": 24, "batch_size": 40,
@@ -127,6 +127,7 @@ _RULES = {
     "refrag_finetune.rl_lr_frac": _ge(0), "refrag_finetune.rl_eval_every": _ge(1),
     "refrag_finetune.rl_max_new_tokens": _ge(1), "refrag_finetune.rl_question_types": _SUBSET(QA_TYPES),
     "refrag_finetune.rl_drill_frac": _FRACTION, "refrag_finetune.rl_swap_frac": _FRACTION,
+    "refrag_finetune.rl_hop1_frac": _FRACTION,
     "refrag_finetune.holdout_frac": _FRACTION,
     "refrag_finetune.rl_reward_citation": _ge(0), "refrag_finetune.rl_penalty_unsupported": _ge(0),
     "refrag_finetune.rl_penalty_wrong": _ge(0),

@@ -32,7 +32,7 @@ from nanochat_core.data.world import ABSTAIN
 from nanochat_core.engine import LIMIT_MASKED
 from nanochat_core.inference import answer_questions, refrag_rollouts
 from nanochat_core.metrics import exact_match, is_abstain, normalize_answer, supported
-from nanochat_core.rag import answer_pool, swap_question
+from nanochat_core.rag import answer_pool, retrieve, swap_question
 from nanochat_core.train import pad_batch
 
 
@@ -84,24 +84,41 @@ def chain_shown(q, blocks):
     return bool(gold) and gold <= {d["id"] for block in blocks for d in block}
 
 
-def question_sampler(questions, balance, rng):
+def question_sampler(questions, balance, rng, focus=(), focus_frac=0.0):
     """A function drawing one of `questions` with `rng`: uniformly, or with balance a type as often
     as uniformly (by its share of the questions) but then each of that type's relations equally
     often, whatever its count. Why: the RL people's questions are mostly a few relations the
     warm-up already reads well (person.born_in.located_in), while founder chains, which it reads
-    worst (world 1337 val 2-hop EM 0.12 against 0.82), are few; flat groups teach nothing."""
+    worst (world 1337 val 2-hop EM 0.12 against 0.82), are few; flat groups teach nothing.
+    With focus_frac > 0, that share of the draws comes uniformly from `focus` instead (with
+    focus_frac 0 the draws are the plain ones, rng call for rng call)."""
     if not balance:
-        return lambda: questions[rng.randrange(len(questions))]
-    strata = {}
-    for q in questions:
-        strata.setdefault(q["type"], {}).setdefault(q.get("relation"), []).append(q)
-    strata = {t: list(rels.values()) for t, rels in strata.items()}
+        base = lambda: questions[rng.randrange(len(questions))]
+    else:
+        strata = {}
+        for q in questions:
+            strata.setdefault(q["type"], {}).setdefault(q.get("relation"), []).append(q)
+        strata = {t: list(rels.values()) for t, rels in strata.items()}
 
-    def draw():
-        rels = strata[questions[rng.randrange(len(questions))]["type"]]
-        bucket = rels[rng.randrange(len(rels))]
-        return bucket[rng.randrange(len(bucket))]
-    return draw
+        def base():
+            rels = strata[questions[rng.randrange(len(questions))]["type"]]
+            bucket = rels[rng.randrange(len(rels))]
+            return bucket[rng.randrange(len(bucket))]
+    if not focus_frac:
+        return base
+    focus = list(focus)
+    return lambda: focus[rng.randrange(len(focus))] if rng.random() < focus_frac else base()
+
+
+def answer_in_hop1(questions, kb, k, retriever):
+    """Ids of the questions whose own top-k (REFRAG's hop 1, the same in every rollout) already
+    holds their last hop's document (a question naming no gold document is never one). On a
+    multi-hop question the follow-up search then brings only other documents, so the answer
+    must be read back from hop 1's block: the case the warm-up reads worst (world 1337 val 2-hop
+    0.32 against 0.82 otherwise, `python -m benchmarks.rl_headroom --by hop1`)."""
+    named = [q for q in questions if q.get("gold_doc_ids")]
+    hop1 = retrieve(kb, [q["question"] for q in named], k, retriever) if named else []
+    return {q["id"] for q, docs in zip(named, hop1) if set(q["gold_doc_ids"][-1]) & {d["id"] for d in docs}}
 
 
 def _all_sum(t):
@@ -264,7 +281,16 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     G, Q, total, per_pass = p["rl_group_size"], p["rl_questions_per_step"], p["rl_steps"], p["rl_rows_per_pass"]
     swap = p["rl_swap_frac"]
     pool = answer_pool(train_qs) if swap else {}  # each relation's answers: what a swap may put in
-    draw = question_sampler(train_qs, p["rl_balance_relations"], rng)
+    focus = []
+    if p["rl_hop1_frac"]:
+        ids = answer_in_hop1(train_qs, kb, p["k"], p["retriever"])
+        focus = [q for q in train_qs if q["id"] in ids and q["type"] in ("2hop", "3hop")]
+        if not focus:
+            raise ValueError("refrag_finetune.rl_hop1_frac > 0, but no 2-hop or 3-hop RL question's own top-k shows "
+                             "its answer's document (are 2hop/3hop in rl_question_types?); set it to 0")
+        print0(f"[rl] {len(focus)} of {len(train_qs)} RL questions have the answer's document in hop 1: "
+               f"{p['rl_hop1_frac']:.0%} of the draws come from them")
+    draw = question_sampler(train_qs, p["rl_balance_relations"], rng, focus, p["rl_hop1_frac"])
     history = []
     rank, world = rank_world()
 

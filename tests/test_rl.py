@@ -25,7 +25,7 @@ RL_P = {"matrix_lr": 0.02, "embedding_lr": 0.2, "unembedding_lr": 0.004, "scalar
         "rl_max_new_tokens": 4, "rl_drill_frac": 0.0, "rl_reward_citation": 0.2, "rl_penalty_unsupported": 0.3,
         "rl_penalty_wrong": 0.0, "rl_penalty_format": 0.5, "rl_reward_retrieval": 0.0, "rl_copy_guard": False,
         "rl_ema": 0.0, "rl_rows_per_pass": 8, "rl_swap_frac": 0.0,
-        "rl_balance_relations": False}
+        "rl_balance_relations": False, "rl_hop1_frac": 0.0}
 
 
 class _Tok:  # what train_rl asks of a tokenizer
@@ -219,6 +219,43 @@ def test_balanced_sampler_keeps_type_shares_and_draws_each_relation_of_a_type_eq
     old, rng = random.Random(1), random.Random(1)
     plain = question_sampler(qs, False, rng)
     assert [plain()["id"] for _ in range(50)] == [qs[old.randrange(len(qs))]["id"] for _ in range(50)]
+
+
+def test_focus_share_of_draws_comes_from_the_focus_questions_and_zero_leaves_the_plain_draws():
+    """rl_hop1_frac's sampler: at 0.5, half the draws come from the focus list (plus the plain
+    draws' own share of it); at 0 the draws are the plain ones, rng call for rng call."""
+    qs = [{"id": f"q{i}", "type": "2hop", "relation": "a"} for i in range(100)]
+    focus = qs[:10]
+    draw = question_sampler(qs, False, random.Random(0), focus, 0.5)
+    n = 20000
+    share = sum(draw()["id"] in {q["id"] for q in focus} for _ in range(n)) / n
+    assert share == pytest.approx(0.5 + 0.5 * 0.1, abs=0.02)
+    old, rng = random.Random(3), random.Random(3)
+    plain = question_sampler(qs, False, rng, focus, 0.0)
+    assert [plain()["id"] for _ in range(50)] == [qs[old.randrange(len(qs))]["id"] for _ in range(50)]
+
+
+def test_rl_hop1_frac_draws_only_multi_hop_questions_with_the_answer_in_hop_1(monkeypatch, tmp_path):
+    """At rl_hop1_frac 1.0 every rolled-out question is a 2-hop/3-hop one answer_in_hop1 names (a
+    single question it names is not one); with none such, RL refuses and names the key."""
+    from nanochat_core import rl
+    seen = []
+
+    def rollouts(model, tok, qs, kb, *a, **k):
+        seen.extend(q["id"] for q in qs)
+        return [{"prompt": [1, 2], "tokens": [3, 4], "masks": [1, 1], "finished": True, "queries": [q["question"]],
+                 "documents": [[]], "citations": [], "prediction": "x", "raw": "x"} for q in qs]
+
+    monkeypatch.setattr(rl, "refrag_rollouts", rollouts)
+    monkeypatch.setattr(rl, "val_em", lambda *a, **k: {"all": 0.0})
+    qs = ([{**Q, "id": f"m{i}", "type": "2hop"} for i in range(6)]
+          + [{**Q, "id": f"s{i}", "type": "single"} for i in range(6)])
+    monkeypatch.setattr(rl, "answer_in_hop1", lambda questions, *a: {"m1", "m4", "s0", "s2"})
+    rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_hop1_frac": 1.0}, tmp_path / "rl", {})
+    assert seen and set(seen) <= {"m1", "m4"}
+    monkeypatch.setattr(rl, "answer_in_hop1", lambda questions, *a: {"s0"})
+    with pytest.raises(ValueError, match="rl_hop1_frac"):
+        rl.train_rl(_model(), _Tok(), qs, qs, "KB", {**RL_P, "rl_hop1_frac": 1.0}, tmp_path / "rl2", {})
 
 
 def test_retrieval_reward_needs_every_gold_document_shown():
