@@ -12,7 +12,9 @@ interval, and RL minus warm-up on the same questions: the difference, how many q
 gained and lost, and a 95% interval of the paired difference (normal approximation: with few
 questions gained plus lost it is too narrow, zero-wide when none are, so read the counts too).
 Each checkpoint's single-shot RAG mode is scored on the same questions too: issue 11's point 1
-holds REFRAG mode's single-hop and abstention to the same checkpoint's RAG mode.
+holds REFRAG mode's single-hop and abstention to the same checkpoint's RAG mode. Multi-hop EM is
+also split by whether the question's own top-k (hop 1) already shows the answer's document
+(`warm_up_by_hop1`, each run's `test_by_hop1`), the case rl_hop1_frac draws more of.
 
 Why: issue 11's point 2 is "RL beats its warm-up by >= 0.05, two seeds", and a setting costs one
 RL phase per seed, not a whole `dvc repro`. --train-on val is a probe, not a setting: RL trains on
@@ -75,6 +77,19 @@ def summary(ems):
             for t, v in ems.items()}
 
 
+def by_hop1(ems, groups, shown):
+    """{"2hop answer in hop 1": [EM...], "2hop answer not in hop 1": [...], same for 3hop}: the
+    multi-hop EM lists of `ems` ({type: EM per question of groups[type]}) split by whether the
+    question's id is in `shown` (rl.answer_in_hop1); a split with no question is left out."""
+    out = {}
+    for t in ("2hop", "3hop"):
+        for tag, inside in (("in", True), ("not in", False)):
+            v = [x for q, x in zip(groups.get(t, []), ems.get(t, [])) if (q["id"] in shown) == inside]
+            if v:
+                out[f"{t} answer {tag} hop 1"] = v
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose dvc.yaml, params and data to use")
@@ -96,6 +111,7 @@ def main(argv=None):
     from nanochat_core.evaluation import question_groups
     from nanochat_core.params import load_params
     from nanochat_core.retrieval import KnowledgeBase
+    from nanochat_core.rl import answer_in_hop1
     from nanochat_core.tokenizer import Tokenizer
 
     root = a.root.resolve()
@@ -134,9 +150,11 @@ def main(argv=None):
         print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
     warm_modes = mode_ems(paths["sft"], tok, groups, kb, e)
     warm, warm_answers = warm_modes["refrag"]
+    shown = answer_in_hop1([q for qs in groups.values() for q in qs], kb, e["k"], e["retriever"])
     report = {"root": str(root), "set": a.set, "train_on": a.train_on, "probe": a.train_on == "val",
               "documents_seed": params["documents"]["seed"], "machine": platform.node(), "split": "test",
               "warm_up": summary(warm), "warm_up_rag_mode": summary(warm_modes["rag"][0]),
+              "warm_up_by_hop1": summary(by_hop1(warm, groups, shown)),
               "warm_up_predictions": warm_answers, "runs": []}
     print("warm-up (REFRAG, test): " + ", ".join(f"{t} {r['em']:.3f} (n={r['n']})" for t, r in report["warm_up"].items()),
           flush=True)
@@ -154,6 +172,7 @@ def main(argv=None):
                    "seconds": round(time.time() - t0), "test": summary(ems),
                    "test_rag_mode": summary(modes["rag"][0]),  # issue 11's point 1 bars
                    "rl_minus_warm_up": {t: paired(warm[t], ems[t]) for t in ems},
+                   "test_by_hop1": summary(by_hop1(ems, groups, shown)),  # where RL moved multi-hop EM
                    "history": s["history"], "predictions": answers}
             report["runs"].append(run)
             print(f"rl_seed {seed}: kept step {run['kept_step']} (val {run['val_em']:.3f}), test RL - warm-up: "

@@ -18,6 +18,13 @@ def test_paired_difference_counts_gains_and_losses_on_the_same_questions():
     assert (same["diff"], same["lo"], same["hi"], same["gained"], same["lost"]) == (0, 0, 0, 0, 0)
 
 
+def test_by_hop1_splits_multi_hop_ems_by_the_shown_ids_and_keeps_each_em_with_its_question():
+    groups = {"2hop": [{"id": "a"}, {"id": "b"}, {"id": "c"}], "3hop": [{"id": "d"}], "single": [{"id": "e"}]}
+    ems = {"2hop": [1, 0, 1], "3hop": [0], "single": [1]}
+    got = rl_runs.by_hop1(ems, groups, {"b", "c", "e"})
+    assert got == {"2hop answer in hop 1": [0, 1], "2hop answer not in hop 1": [1], "3hop answer not in hop 1": [0]}
+
+
 def test_paired_refuses_lists_of_different_questions():
     with pytest.raises(ValueError, match="equally long, non-empty EM lists; got 3 and 2"):
         rl_runs.paired([1, 0, 1], [1, 0])
