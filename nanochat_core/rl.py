@@ -2,7 +2,8 @@
 warm-up (nanochat's chat_rl, with the retriever inside every rollout).
 
 Each step draws `questions_per_step` train questions (uniformly, or with rl_balance_relations
-every relation of a type equally often) and `group_size` REFRAG rollouts of each
+every relation of a type equally often; rl_hop1_frac of them from the multi-hop questions whose
+hop 1 already shows the answer's document) and `group_size` REFRAG rollouts of each
 at `temperature` (1.0): hop 1 is the question's top-k, then the model answers or writes a
 follow-up search that the engine's tool hook runs on the live KB. A rollout's advantage is
 its reward minus its group's mean reward. It is not divided by the group's standard
