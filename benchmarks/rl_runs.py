@@ -150,7 +150,7 @@ def main(argv=None):
         print("rl_runs: --train-on val is a probe: RL trains on the questions that pick its step", flush=True)
     warm_modes = mode_ems(paths["sft"], tok, groups, kb, e)
     warm, warm_answers = warm_modes["refrag"]
-    shown = answer_in_hop1([q for qs in groups.values() for q in qs], kb, e["k"], e["retriever"])
+    shown = answer_in_hop1(groups.get("2hop", []) + groups.get("3hop", []), kb, e["k"], e["retriever"])
     report = {"root": str(root), "set": a.set, "train_on": a.train_on, "probe": a.train_on == "val",
               "documents_seed": params["documents"]["seed"], "machine": platform.node(), "split": "test",
               "warm_up": summary(warm), "warm_up_rag_mode": summary(warm_modes["rag"][0]),

@@ -284,8 +284,9 @@ def train_rl(model, tokenizer, train_qs, val_qs, kb, p, out_dir, meta, log=None,
     pool = answer_pool(train_qs) if swap else {}  # each relation's answers: what a swap may put in
     focus = []
     if p["rl_hop1_frac"]:
-        ids = answer_in_hop1(train_qs, kb, p["k"], p["retriever"])
-        focus = [q for q in train_qs if q["id"] in ids and q["type"] in ("2hop", "3hop")]
+        multi = [q for q in train_qs if q["type"] in ("2hop", "3hop")]
+        ids = answer_in_hop1(multi, kb, p["k"], p["retriever"])
+        focus = [q for q in multi if q["id"] in ids]
         if not focus:
             raise ValueError("refrag_finetune.rl_hop1_frac > 0, but no 2-hop or 3-hop RL question's own top-k shows "
                              "its answer's document (are 2hop/3hop in rl_question_types?); set it to 0")
